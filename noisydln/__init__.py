@@ -1,0 +1,17 @@
+"""noisydln: Monte Carlo simulation of stochastic SAM on diagonal linear networks, in JAX."""
+
+from noisydln import theory as theory
+from noisydln.model import end_to_end as end_to_end
+from noisydln.model import grad as grad
+from noisydln.model import hessian as hessian
+from noisydln.model import hessian_trace as hessian_trace
+from noisydln.model import imbalances as imbalances
+from noisydln.model import loss as loss
+from noisydln.model import perturbed_grad as perturbed_grad
+from noisydln.problem import Problem as Problem
+from noisydln.problem import make_design as make_design
+from noisydln.problem import make_problem as make_problem
+from noisydln.problem import problem_from_data as problem_from_data
+from noisydln.problem import sparse_teacher as sparse_teacher
+
+__version__ = "0.1.0"

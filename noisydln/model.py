@@ -1,0 +1,111 @@
+"""The diagonal linear network `beta = w_1 * ... * w_L`: loss, gradient, exact Hessian (THEORY.md s1-2).
+
+Every function acts on ONE parameter array `params: [depth, d]` (row l is the diagonal of the
+layer `W_l`) and one `Problem`; batch over seeds or grids with `jax.vmap`.
+"""
+
+import jax
+import jax.numpy as jnp
+from jax.typing import ArrayLike
+
+from noisydln import _checks
+from noisydln.problem import Problem
+
+
+def end_to_end(params: jax.Array) -> jax.Array:
+    """The product `beta = w_1 * ... * w_L`, `[d]` from `params: [depth, d]`."""
+    return jnp.prod(params, axis=0)
+
+
+def products_except_one(factors: jax.Array) -> jax.Array:
+    """`out[l] = prod_{k != l} factors[k]` along axis 0, without division, `[L, d] -> [L, d]`."""
+    ones = jnp.ones_like(factors[:1])
+    before = jnp.cumprod(jnp.concatenate([ones, factors[:-1]]), axis=0)
+    after = jnp.cumprod(jnp.concatenate([ones, factors[:0:-1]]), axis=0)[::-1]
+    return before * after
+
+
+def products_except_two(factors: jax.Array) -> jax.Array:
+    """`out[l, m] = prod_{k not in {l, m}} factors[k]` along axis 0, `[L, d] -> [L, L, d]`."""
+    depth = factors.shape[0]
+    index = jnp.arange(depth)
+    keep = (index[None, None, :] != index[:, None, None]) & (
+        index[None, None, :] != index[None, :, None]
+    )
+    return jnp.prod(jnp.where(keep[..., None], factors[None, None], 1), axis=2)
+
+
+def residual(beta: jax.Array, problem: Problem) -> jax.Array:
+    """`r = 2 (b - Sigma beta)`, minus the gradient of the loss in beta, `[d]` (THEORY.md s1)."""
+    return 2 * (problem.xty - problem.gram @ beta)
+
+
+def loss_of_beta(beta: jax.Array, problem: Problem) -> jax.Array:
+    """`(1/n) ||y - X beta||^2 = beta^T Sigma beta - 2 b^T beta + y^T y / n`, scalar."""
+    return beta @ (problem.gram @ beta) - 2 * problem.xty @ beta + problem.yty
+
+
+def loss(params: jax.Array, problem: Problem) -> jax.Array:
+    """The mean squared error `(1/n) ||y - X beta||^2` of the network, scalar.
+
+    Args:
+      params: `[depth, d]`.
+      problem: the regression problem (only its sufficient statistics are used).
+    """
+    _checks.check_params(params, problem.d)
+    return loss_of_beta(end_to_end(params), problem)
+
+
+def grad(params: jax.Array, problem: Problem) -> jax.Array:
+    """Closed-form gradient `dL/dw_{l,i} = -r_i prod_{k != l} w_{k,i}`, `[depth, d]`."""
+    _checks.check_params(params, problem.d)
+    return -residual(end_to_end(params), problem)[None, :] * products_except_one(params)
+
+
+def perturbed_grad(
+    key: jax.Array, params: jax.Array, problem: Problem, sigma: ArrayLike
+) -> jax.Array:
+    """The noise-injected gradient `grad L(params + sigma * xi)`, `xi ~ N(0, I)`, `[depth, d]`.
+
+    This is one draw of the stochastic-SAM gradient of THEORY.md section 1: independent
+    Gaussian noise on every layer and coordinate; its mean is `theory.expected_grad`.
+
+    Args:
+      key: PRNG key for `xi`.
+      params: `[depth, d]`.
+      problem: the regression problem.
+      sigma: noise standard deviation, scalar >= 0.
+    """
+    _checks.check_nonnegative("sigma", sigma)
+    xi = jax.random.normal(key, jnp.shape(params), jnp.result_type(params))
+    return grad(params + sigma * xi, problem)
+
+
+def hessian(params: jax.Array, problem: Problem) -> jax.Array:
+    """The exact Hessian of `loss`, `[depth * d, depth * d]`, rows ordered like `params.reshape(-1)`.
+
+    With `p_{l,i} = prod_{k != l} w_{k,i}` and `q_{lm,i} = prod_{k not in {l,m}} w_{k,i}`:
+    `H[(l,i), (m,j)] = 2 Sigma_ij p_{l,i} p_{m,j} - [i = j, l != m] r_i q_{lm,i}`.
+    """
+    _checks.check_params(params, problem.d)
+    depth, d = params.shape
+    p = products_except_one(params)
+    r = residual(end_to_end(params), problem)
+    data_term = 2 * p[:, :, None, None] * problem.gram[None, :, None, :] * p[None, None, :, :]
+    off_layer = 1 - jnp.eye(depth, dtype=params.dtype)
+    curvature = -r[None, None, :] * products_except_two(params) * off_layer[:, :, None]
+    same_coordinate = curvature[:, :, :, None] * jnp.eye(d, dtype=params.dtype)[None, None, :, :]
+    hess = data_term + jnp.transpose(same_coordinate, (0, 2, 1, 3))
+    return hess.reshape(depth * d, depth * d)
+
+
+def hessian_trace(params: jax.Array, problem: Problem) -> jax.Array:
+    """`tr hess L = 2 sum_i D_i sum_l prod_{k != l} w_{k,i}^2`, scalar (THEORY.md s2); y-free."""
+    _checks.check_params(params, problem.d)
+    return 2 * jnp.sum(problem.gram_diag[None, :] * products_except_one(params**2))
+
+
+def imbalances(params: jax.Array) -> jax.Array:
+    """All pairwise imbalances `Delta_lm = w_l^2 - w_m^2` (THEORY.md s1), `[depth, depth, d]`."""
+    squares = params**2
+    return squares[:, None, :] - squares[None, :, :]

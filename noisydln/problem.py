@@ -1,0 +1,226 @@
+"""Linear-regression problems: design, teacher, labels and their sufficient statistics."""
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.typing import ArrayLike
+
+from noisydln import _checks
+
+DESIGNS = ("gaussian", "orthogonal", "diagonal")
+
+
+class Problem(NamedTuple):
+    """A regression problem `y = X beta_star + noise` and its sufficient statistics.
+
+    The loss of THEORY.md section 1, `(1/n) ||y - X beta||^2`, only needs `gram`, `xty` and
+    `yty`; `X` and `y` are kept for users and for independent checks.
+
+    Attributes:
+      X: design, `[n, d]`.
+      y: labels, `[n]`.
+      beta_star: the teacher, `[d]` (NaN where unknown, as for `problem_from_data` without one).
+      gram: `Sigma = X^T X / n`, `[d, d]`.
+      xty: `b = X^T y / n`, `[d]`.
+      yty: `y^T y / n`, `[]`.
+    """
+
+    X: jax.Array
+    y: jax.Array
+    beta_star: jax.Array
+    gram: jax.Array
+    xty: jax.Array
+    yty: jax.Array
+
+    @property
+    def n(self) -> int:
+        """Number of samples."""
+        return self.X.shape[0]
+
+    @property
+    def d(self) -> int:
+        """Number of coordinates."""
+        return self.X.shape[1]
+
+    @property
+    def gram_diag(self) -> jax.Array:
+        """`D = diag(Sigma)`, the only part of the design the noise penalty sees, `[d]`."""
+        return jnp.diagonal(self.gram)
+
+
+def problem_from_data(X: ArrayLike, y: ArrayLike, beta_star: ArrayLike | None = None) -> Problem:
+    """Builds a `Problem` from a user's own data.
+
+    Args:
+      X: design, `[n, d]`.
+      y: labels, `[n]`.
+      beta_star: optional known true parameter, `[d]`; NaN-filled when not given.
+
+    Returns:
+      The `Problem`, in the floating dtype of `X` (JAX's default float for integer data).
+    """
+    X = jnp.asarray(X)
+    if X.ndim != 2 or X.shape[0] < 1 or X.shape[1] < 1:
+        raise ValueError(f"X must be a non-empty matrix [n, d], got shape {X.shape}")
+    if not jnp.issubdtype(X.dtype, jnp.floating):
+        X = X.astype(jnp.result_type(float))
+    n, d = X.shape
+    y = jnp.asarray(y, dtype=X.dtype)
+    _checks.check_shape("y", y, (n,), "[n]")
+    _checks.check_finite("X", X)
+    _checks.check_finite("y", y)
+    if beta_star is None:
+        beta_star = jnp.full((d,), jnp.nan, dtype=X.dtype)
+    else:
+        beta_star = jnp.asarray(beta_star, dtype=X.dtype)
+        _checks.check_shape("beta_star", beta_star, (d,), "[d]")
+        _checks.check_finite("beta_star", beta_star)
+    return Problem(
+        X=X,
+        y=y,
+        beta_star=beta_star,
+        gram=X.T @ X / n,
+        xty=X.T @ y / n,
+        yty=y @ y / n,
+    )
+
+
+def sparse_teacher(
+    key: jax.Array, d: int, k: int, values: ArrayLike | str = 1.0, dtype=None
+) -> jax.Array:
+    """A `k`-sparse parameter on the first `k` coordinates.
+
+    Args:
+      key: PRNG key (used only when `values="gaussian"`).
+      d: dimension.
+      k: number of non-zeros, `0 <= k <= d`.
+      values: the non-zero values, a scalar or `[k]`, or `"gaussian"` for standard normal ones.
+      dtype: float dtype (JAX's default float when None).
+
+    Returns:
+      `beta_star`, `[d]`.
+    """
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 0:
+        raise ValueError(f"k must be an integer in [0, d], got {k!r}")
+    if k > d:
+        raise ValueError(f"k must be <= d = {d}, got k = {k}")
+    dtype = dtype or jnp.result_type(float)
+    if isinstance(values, str):
+        if values != "gaussian":
+            raise ValueError(f'values must be a number, an array [k] or "gaussian", got {values!r}')
+        nonzero = jax.random.normal(key, (k,), dtype)
+    else:
+        values = jnp.asarray(values, dtype=dtype)
+        if values.ndim not in (0, 1) or (values.ndim == 1 and values.shape[0] != k):
+            raise ValueError(
+                f"values must be a scalar or have shape [k] = ({k},), got {values.shape}"
+            )
+        _checks.check_finite("values", values)
+        nonzero = jnp.broadcast_to(values, (k,))
+    return jnp.zeros((d,), dtype).at[:k].set(nonzero)
+
+
+def _orthonormal_columns(key: jax.Array, n: int, d: int, dtype) -> jax.Array:
+    """A random `[n, d]` matrix with orthonormal columns (Haar, via QR with sign fix)."""
+    q, r = jnp.linalg.qr(jax.random.normal(key, (n, d), dtype))
+    return q * jnp.sign(jnp.diagonal(r))[None, :]
+
+
+def make_design(
+    key: jax.Array,
+    n: int,
+    d: int,
+    design: str = "gaussian",
+    diag: ArrayLike | None = None,
+    dtype=None,
+) -> jax.Array:
+    """A random design matrix.
+
+    Args:
+      key: PRNG key.
+      n, d: shape of the design.
+      design: `"gaussian"` (i.i.d. standard normal entries), `"orthogonal"` (`X^T X / n = I`
+        exactly) or `"diagonal"` (`X^T X / n = diag(diag)` exactly).
+      diag: the diagonal of `X^T X / n` for `design="diagonal"`, scalar or `[d]`, entries >= 0.
+      dtype: float dtype (JAX's default float when None).
+
+    Returns:
+      `X`, `[n, d]`.
+    """
+    for name, value in (("n", n), ("d", d)):
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+            raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    if design not in DESIGNS:
+        raise ValueError(f"design must be one of {DESIGNS}, got {design!r}")
+    if diag is not None and design != "diagonal":
+        raise ValueError(f'diag is only used with design="diagonal", got design={design!r}')
+    dtype = dtype or jnp.result_type(float)
+    if design == "gaussian":
+        return jax.random.normal(key, (n, d), dtype)
+    if n < d:
+        raise ValueError(f"a {design} design needs n >= d, got n = {n} < d = {d}")
+    X = jnp.sqrt(jnp.asarray(n, dtype)) * _orthonormal_columns(key, n, d, dtype)
+    if design == "orthogonal":
+        return X
+    if diag is None:
+        raise ValueError('design="diagonal" needs diag, the diagonal of X^T X / n (scalar or [d])')
+    diag = jnp.asarray(diag, dtype)
+    if diag.ndim not in (0, 1) or (diag.ndim == 1 and diag.shape[0] != d):
+        raise ValueError(f"diag must be a scalar or have shape [d] = ({d},), got {diag.shape}")
+    _checks.check_nonnegative("diag", diag)
+    return X * jnp.sqrt(jnp.broadcast_to(diag, (d,)))[None, :]
+
+
+def make_problem(
+    key: jax.Array,
+    n: int,
+    d: int,
+    *,
+    design: str = "gaussian",
+    diag: ArrayLike | None = None,
+    k: int | None = None,
+    values: ArrayLike | str = 1.0,
+    beta_star: ArrayLike | None = None,
+    noise_std: float = 0.0,
+    dtype=None,
+) -> Problem:
+    """Generates a regression problem `y = X beta_star + noise_std * eps`.
+
+    Args:
+      key: PRNG key; the design, the teacher and the label noise use independent sub-keys.
+      n, d: number of samples and of coordinates.
+      design: `"gaussian"`, `"orthogonal"` (`X^T X / n = I`, needs `n >= d`) or `"diagonal"`
+        (`X^T X / n = diag(diag)`, needs `n >= d`).
+      diag: the diagonal of `X^T X / n` for the diagonal design, scalar or `[d]`.
+      k: a sparse teacher with `k` non-zeros on the first `k` coordinates (default `min(d, 5)`
+        when `beta_star` is not given).
+      values: the teacher's non-zero values (scalar, `[k]`, or `"gaussian"`).
+      beta_star: a user-given teacher `[d]`, instead of `k` / `values`.
+      noise_std: standard deviation of the Gaussian label noise, >= 0.
+      dtype: float dtype (JAX's default float when None).
+
+    Returns:
+      The `Problem`.
+
+    Examples:
+      >>> import jax, noisydln
+      >>> problem = noisydln.make_problem(jax.random.key(0), 50, 10, design="orthogonal", k=2)
+      >>> problem.gram.shape, problem.beta_star[:3].tolist()
+      ((10, 10), [1.0, 1.0, 0.0])
+    """
+    key_design, key_teacher, key_noise = jax.random.split(key, 3)
+    dtype = dtype or jnp.result_type(float)
+    X = make_design(key_design, n, d, design, diag, dtype)
+    if beta_star is not None:
+        if k is not None:
+            raise ValueError("give either beta_star or k (a sparse teacher), not both")
+        beta_star = jnp.asarray(beta_star, dtype)
+        _checks.check_shape("beta_star", beta_star, (d,), "[d]")
+        _checks.check_finite("beta_star", beta_star)
+    else:
+        beta_star = sparse_teacher(key_teacher, d, min(d, 5) if k is None else k, values, dtype)
+    _checks.check_nonnegative("noise_std", noise_std)
+    y = X @ beta_star + noise_std * jax.random.normal(key_noise, (n,), dtype)
+    return problem_from_data(X, y, beta_star)
