@@ -77,11 +77,12 @@ def problem_from_data(X: ArrayLike, y: ArrayLike, beta_star: ArrayLike | None = 
         beta_star = jnp.asarray(beta_star, dtype=X.dtype)
         _checks.check_shape("beta_star", beta_star, (d,), "[d]")
         _checks.check_finite("beta_star", beta_star)
+    gram = X.T @ X / n
     return Problem(
         X=X,
         y=y,
         beta_star=beta_star,
-        gram=X.T @ X / n,
+        gram=(gram + gram.T) / 2,  # exactly symmetric, so that beta @ gram == gram @ beta
         xty=X.T @ y / n,
         yty=y @ y / n,
     )

@@ -11,7 +11,7 @@ import jax.numpy as jnp
 from jax.typing import ArrayLike
 
 from noisydln import _checks
-from noisydln.model import end_to_end, loss, products_except_one, residual
+from noisydln.model import end_to_end, loss, pairwise_sum, products_except_one, residual
 from noisydln.problem import Problem
 
 _BISECTION_STEPS = 200
@@ -23,7 +23,7 @@ def average_sharpness(params: jax.Array, problem: Problem, sigma: ArrayLike) -> 
     _checks.check_nonnegative("sigma", sigma)
     squares = params**2
     gap = jnp.prod(squares + sigma**2, axis=0) - jnp.prod(squares, axis=0)
-    return problem.gram_diag @ gap
+    return pairwise_sum(problem.gram_diag * gap)  # the same bits whatever the batch
 
 
 def expected_loss(params: jax.Array, problem: Problem, sigma: ArrayLike) -> jax.Array:
