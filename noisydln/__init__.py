@@ -1,6 +1,10 @@
 """noisydln: Monte Carlo simulation of stochastic SAM on diagonal linear networks, in JAX."""
 
+from noisydln import algorithms as algorithms
+from noisydln import noise as noise
 from noisydln import theory as theory
+from noisydln.grid import GridResult as GridResult
+from noisydln.grid import run_grid as run_grid
 from noisydln.model import end_to_end as end_to_end
 from noisydln.model import grad as grad
 from noisydln.model import hessian as hessian
@@ -13,5 +17,8 @@ from noisydln.problem import make_design as make_design
 from noisydln.problem import make_problem as make_problem
 from noisydln.problem import problem_from_data as problem_from_data
 from noisydln.problem import sparse_teacher as sparse_teacher
+from noisydln.simulate import SimConfig as SimConfig
+from noisydln.simulate import Trajectory as Trajectory
+from noisydln.simulate import simulate as simulate
 
 __version__ = "0.1.0"

@@ -1,0 +1,117 @@
+"""Streaming count / mean / sum of squared deviations, folded in a fixed order.
+
+Samples (seeds) are taken in blocks of `BLOCK` consecutive indices: a block's moments come from
+a pairwise tree of Chan merges, and blocks are merged into the running moments one after the
+other, all by one compiled loop body. Whatever batch the samples arrive in (any chunk size,
+any device count), the same operations run in the same order on the same numbers, so the
+result is the same bit for bit. (Merging in whatever order the batches happen to come would
+not be: XLA fuses `x * y + z` into one FMA or not depending on the surrounding code.)
+"""
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+
+class Moments(NamedTuple):
+    """Moments of a set of samples, per element.
+
+    Attributes:
+      count: number of samples, `[*batch]` (floating; exact up to 2^24 in float32).
+      mean: dict name -> `[*batch, *shape]`, the sample mean (0 while count is 0).
+      m2: dict name -> `[*batch, *shape]`, the sum of squared deviations from the mean.
+    """
+
+    count: jax.Array
+    mean: dict[str, jax.Array]
+    m2: dict[str, jax.Array]
+
+
+def _expand(count: jax.Array, like: jax.Array) -> jax.Array:
+    return count.reshape(count.shape + (1,) * (like.ndim - count.ndim))
+
+
+def empty(like: dict[str, jax.Array], batch_shape: tuple[int, ...]) -> Moments:
+    """Moments of no sample, for values shaped like `like[name]: [*batch, *shape]`."""
+
+    def zeros():  # distinct buffers, so that the moments can be donated to a jitted call
+        return {k: jnp.zeros(v.shape, v.dtype) for k, v in like.items()}
+
+    dtype = next(iter(like.values())).dtype
+    return Moments(count=jnp.zeros(batch_shape, dtype), mean=zeros(), m2=zeros())
+
+
+BLOCK = 16  # samples per block of the fold; batches are padded to a multiple of it
+
+
+def single(values: dict[str, jax.Array], keep: jax.Array) -> Moments:
+    """Moments of one sample per batch element; where `keep: [*batch]` is False, empty."""
+    count = keep.astype(next(iter(values.values())).dtype)
+    mean = {k: jnp.where(_expand(keep, v), v, 0) for k, v in values.items()}
+    return Moments(count=count, mean=mean, m2={k: jnp.zeros_like(v) for k, v in mean.items()})
+
+
+def merge(a: Moments, b: Moments) -> Moments:
+    """Moments of the union of two disjoint sample sets (Chan et al.), elementwise.
+
+    An empty side returns the other one exactly.
+    """
+    total = a.count + b.count
+    safe_total = jnp.where(total > 0, total, 1)
+    share_b = b.count / safe_total
+    cross = a.count * b.count / safe_total
+    a_empty, b_empty = a.count == 0, b.count == 0
+    mean, m2 = {}, {}
+    for k in a.mean:
+        delta = b.mean[k] - a.mean[k]
+        merged_mean = a.mean[k] + delta * _expand(share_b, delta)
+        merged_m2 = a.m2[k] + b.m2[k] + delta * delta * _expand(cross, delta)
+        pick_b, pick_a = _expand(a_empty, delta), _expand(b_empty, delta)
+        mean[k] = jnp.where(pick_b, b.mean[k], jnp.where(pick_a, a.mean[k], merged_mean))
+        m2[k] = jnp.where(pick_b, b.m2[k], jnp.where(pick_a, a.m2[k], merged_m2))
+    return Moments(count=total, mean=mean, m2=m2)
+
+
+def reduce_leading_axis(moments: Moments) -> Moments:
+    """Merges axis 0 (a power-of-two size) pairwise, level by level: `[2^k, ...] -> [...]`."""
+    while moments.count.shape[0] > 1:
+        moments = merge(
+            jax.tree.map(lambda x: x[0::2], moments), jax.tree.map(lambda x: x[1::2], moments)
+        )
+    return jax.tree.map(lambda x: x[0], moments)
+
+
+def fold(moments: Moments, values: dict[str, jax.Array], keep: jax.Array) -> Moments:
+    """Folds samples `values[name]: [N, *batch, *shape]` (`keep: [N, *batch]`) in blocks.
+
+    `N` must be a multiple of `BLOCK`, and the samples must start at a block boundary of the
+    global sample index, for the result not to depend on how the samples were batched.
+    """
+    num = keep.shape[0]
+    if num % BLOCK:
+        raise ValueError(
+            f"the number of samples folded at once must be a multiple of {BLOCK}, got {num}"
+        )
+    blocks = jax.tree.map(lambda x: x.reshape((num // BLOCK, BLOCK) + x.shape[1:]), (values, keep))
+
+    def body(running, block):
+        return merge(running, reduce_leading_axis(single(*block))), None
+
+    return jax.lax.scan(body, moments, blocks)[0]
+
+
+def variance(moments: Moments) -> dict[str, jax.Array]:
+    """Unbiased sample variance `m2 / (count - 1)`; NaN where fewer than two samples."""
+    out = {}
+    for k, m2 in moments.m2.items():
+        count = _expand(moments.count, m2)
+        out[k] = jnp.where(count > 1, m2 / jnp.where(count > 1, count - 1, 1), jnp.nan)
+    return out
+
+
+def mean_or_nan(moments: Moments) -> dict[str, jax.Array]:
+    """The sample mean; NaN (undefined, not zero) where no sample was kept."""
+    return {
+        k: jnp.where(_expand(moments.count, v) > 0, v, jnp.nan) for k, v in moments.mean.items()
+    }
