@@ -25,7 +25,7 @@ from jax.typing import ArrayLike
 
 from noisydln import algorithms, moments
 from noisydln.problem import Problem
-from noisydln.simulate import SimConfig, advance, record, scan_records
+from noisydln.simulate import SimConfig, advance, observe, record, scan_records
 
 _STATE_ELEMENTS_PER_CHUNK = 2**21  # default chunk: at most about 8 MB of float32 parameters
 
@@ -99,11 +99,13 @@ def _chunk(acc, seed_keys, valid, problem, hyper, params0, *, config, keep, axis
 
         return jax.vmap(one_seed)(seed_keys, states)
 
-    def observe(states, acc_r):
-        record_cells = jax.vmap(record, in_axes=(0, None, 0, None))
-        values = jax.vmap(record_cells, in_axes=(0, None, None, None))(
-            states.params, problem, hyper, config.quantities
-        )
+    def observe_all(states, acc_r, step):
+        def one_seed(key, cell_states):
+            return jax.vmap(
+                lambda state, h: observe(rule, key, state, problem, h, step, config.quantities)
+            )(cell_states, hyper)
+
+        values = jax.vmap(one_seed)(seed_keys, states)
         finite = valid[:, None]
         for value in values.values():
             flat = value.reshape(value.shape[:2] + (-1,))
@@ -114,7 +116,7 @@ def _chunk(acc, seed_keys, valid, problem, hyper, params0, *, config, keep, axis
         acc_r = moments.fold(acc_r, gathered, gathered_finite)
         return acc_r, (values if keep else None)
 
-    return scan_records(states, config.record_steps(), advance_all, observe, per_record=acc)
+    return scan_records(states, config.record_steps(), advance_all, observe_all, per_record=acc)
 
 
 @functools.partial(jax.jit, static_argnames=("config", "keep", "mesh"))
@@ -216,7 +218,11 @@ def run_grid(
     steps = config.record_steps()
     like = jax.eval_shape(
         lambda: record(
-            params0[0], problem, algorithms.Hyper(cell_sigma[0], cell_eta[0]), config.quantities
+            params0[0],
+            problem,
+            algorithms.Hyper(cell_sigma[0], cell_eta[0]),
+            config.quantities,
+            next_params=params0[0],
         )
     )
     acc = moments.empty(

@@ -15,6 +15,7 @@ from noisydln.model import end_to_end, hessian_trace, loss_of_beta
 from noisydln.problem import Problem
 
 QUANTITIES = ("beta", "imbalance", "loss", "expected_loss", "sharpness", "hessian_trace")
+EXTRA_QUANTITIES = ("trace_gap", "sharpness_gap", "imbalance_step_residual")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -35,7 +36,8 @@ class SimConfig:
       noise: perturbation law of the SAM rules: "gaussian" (default), "rademacher", "uniform".
       momentum: heavy-ball momentum of the optax SGD update (0 for plain SGD).
       batch_size: rows per step of `minibatch_sgd`.
-      quantities: names recorded per record, a subset of `QUANTITIES`.
+      quantities: names recorded per record, from `QUANTITIES` (the default) and
+        `EXTRA_QUANTITIES` (see `record`).
     """
 
     algorithm: str = "stochastic_sam"
@@ -71,11 +73,14 @@ class SimConfig:
             raise ValueError(f"log_records must be a positive integer, got {self.log_records!r}")
         _checks.check_nonnegative("eta", self.eta)
         _checks.check_nonnegative("sigma", self.sigma)
-        unknown = sorted(set(self.quantities) - set(QUANTITIES))
+        unknown = sorted(set(self.quantities) - set(QUANTITIES + EXTRA_QUANTITIES))
         if unknown or not self.quantities:
             raise ValueError(
-                f"quantities must be a non-empty subset of {QUANTITIES}, got {unknown}"
+                f"quantities must be a non-empty subset of {QUANTITIES + EXTRA_QUANTITIES}, "
+                f"got unknown {unknown}"
             )
+        if "imbalance_step_residual" in self.quantities and self.depth != 2:
+            raise ValueError("imbalance_step_residual uses the depth-2 factor rho: set depth=2")
         if isinstance(self.init, tuple):
             shape = np.shape(self.init)
             if len(shape) != 2 or shape[0] != self.depth:
@@ -129,26 +134,65 @@ def _as_nested_tuple(value: ArrayLike, name: str) -> tuple:
     return tuple(tuple(float(v) for v in row) for row in array)
 
 
-def record(params: jax.Array, problem: Problem, hyper: algorithms.Hyper, quantities) -> dict:
-    """The recorded quantities of one state (closed forms of THEORY.md s1-2).
+def record(
+    params: jax.Array,
+    problem: Problem,
+    hyper: algorithms.Hyper,
+    quantities,
+    next_params: jax.Array | None = None,
+) -> dict:
+    """The recorded quantities of one state (closed forms of THEORY.md s1-3).
 
     Returns:
       dict with (a subset of) `beta: [d]`, `imbalance: [depth - 1, d]` (`w_l^2 - w_1^2` for
-      l > 1), `loss`, `expected_loss`, `sharpness` (average sharpness at sigma) and
-      `hessian_trace`, each `[]`.
+      l > 1), `loss`, `expected_loss`, `sharpness` (average sharpness at sigma),
+      `hessian_trace`, the gaps to the balanced factorisation of the same product
+      `trace_gap = tr hess - min tr hess` and `sharpness_gap = S - min S` (THEORY.md s2), and,
+      given the parameters after the next step, `imbalance_step_residual: [d]`
+      `= Delta(next) - rho(params) Delta(params)` (depth 2, THEORY.md s3; mean 0 over seeds).
     """
+    depth = params.shape[0]
     beta = end_to_end(params)
     loss = loss_of_beta(beta, problem)
     sharpness = theory.average_sharpness(params, problem, hyper.sigma)
+    trace = hessian_trace(params, problem)
+    wanted = set(quantities)
     values = {
         "beta": beta,
         "imbalance": params[1:] ** 2 - params[:1] ** 2,
         "loss": loss,
         "expected_loss": loss + sharpness,
         "sharpness": sharpness,
-        "hessian_trace": hessian_trace(params, problem),
+        "hessian_trace": trace,
     }
+    if "trace_gap" in wanted:
+        values["trace_gap"] = trace - theory.min_hessian_trace(beta, problem, depth)
+    if "sharpness_gap" in wanted:
+        values["sharpness_gap"] = sharpness - theory.min_average_sharpness(
+            beta, problem, hyper.sigma, depth
+        )
+    if "imbalance_step_residual" in wanted:
+        rho = theory.imbalance_factor(params, problem, hyper.sigma, hyper.eta)
+        before = params[0] ** 2 - params[1] ** 2
+        after = next_params[0] ** 2 - next_params[1] ** 2
+        values["imbalance_step_residual"] = after - rho * before
     return {name: values[name] for name in quantities}
+
+
+def observe(
+    rule: algorithms.Rule,
+    key: jax.Array,
+    state: algorithms.TrainState,
+    problem: Problem,
+    hyper: algorithms.Hyper,
+    step: jax.Array,
+    quantities,
+) -> dict:
+    """`record` of one trajectory at `step`, taking the next step too when a quantity needs it."""
+    next_params = None
+    if "imbalance_step_residual" in quantities:  # the very step the run takes next
+        next_params = rule(jax.random.fold_in(key, step), state, problem, hyper).params
+    return record(state.params, problem, hyper, quantities, next_params)
 
 
 def advance(
@@ -221,16 +265,16 @@ def scan_records(
     state,
     steps: np.ndarray,
     advance_fn: Callable[[object, jax.Array, jax.Array], object],
-    observe_fn: Callable[[object, object], object],
+    observe_fn: Callable[[object, object, jax.Array], object],
     per_record=None,
 ):
-    """`observe_fn(state, per_record[r])` at every record step r, advancing in between.
+    """`observe_fn(state, per_record[r], steps[r])` at every record r, advancing in between.
 
     Args:
       state: the initial state (one trajectory, or a batch of them).
       steps: the record steps, `int [R]`, starting with 0.
       advance_fn: `(state, start, stop) -> state`, the steps `start .. stop - 1`.
-      observe_fn: `(state, extra) -> observation` at a record step.
+      observe_fn: `(state, extra, step) -> observation` at a record step.
       per_record: optional pytree with leading axis `[R]`, handed to `observe_fn` record by record.
 
     Returns:
@@ -239,11 +283,11 @@ def scan_records(
     take = lambda r: jax.tree.map(lambda x: x[r], per_record)  # noqa: E731
 
     def body(state, inputs):
-        bounds, extra = inputs
-        state = advance_fn(state, *bounds)
-        return state, observe_fn(state, extra)
+        (start, stop), extra = inputs
+        state = advance_fn(state, start, stop)
+        return state, observe_fn(state, extra, stop)
 
-    first = observe_fn(state, take(0))
+    first = observe_fn(state, take(0), jnp.asarray(steps[0], jnp.int32))
     rest_inputs = jax.tree.map(lambda x: x[1:], per_record)
     _, rest = jax.lax.scan(body, state, (segments(steps), rest_inputs))
     return jax.tree.map(lambda a, b: jnp.concatenate([a[None], b]), first, rest)
@@ -256,5 +300,5 @@ def _simulate_jit(key, problem, hyper, params, config):
         algorithms.init_state(params, config.momentum),
         config.record_steps(),
         lambda state, start, stop: advance(rule, key, state, problem, hyper, start, stop),
-        lambda state, _: record(state.params, problem, hyper, config.quantities),
+        lambda state, _, step: observe(rule, key, state, problem, hyper, step, config.quantities),
     )
