@@ -2,6 +2,7 @@
 
 from noisydln import algorithms as algorithms
 from noisydln import noise as noise
+from noisydln import stats as stats
 from noisydln import theory as theory
 from noisydln.grid import GridResult as GridResult
 from noisydln.grid import run_grid as run_grid
@@ -20,5 +21,6 @@ from noisydln.problem import sparse_teacher as sparse_teacher
 from noisydln.simulate import SimConfig as SimConfig
 from noisydln.simulate import Trajectory as Trajectory
 from noisydln.simulate import simulate as simulate
+from noisydln.stats import validate as validate
 
 __version__ = "0.1.0"

@@ -1,4 +1,4 @@
-"""The `noisydln` command line: `noisydln predict` prints the closed-form predictions of a problem."""
+"""The `noisydln` command line: `predict` (closed forms of a problem), `validate` (the claims)."""
 
 import argparse
 import math
@@ -40,6 +40,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--sigmas", type=_floats, default=[0.0, 0.1, 0.2, 0.3], help="comma-separated noise levels"
     )
     predict.add_argument("--seed", type=int, default=0, help="PRNG seed of the problem")
+    validate = commands.add_parser(
+        "validate", help="run the fixed experiments of the three claims and print the verdicts"
+    )
+    validate.add_argument("--seeds", type=int, default=2048, help="seeds per grid cell")
+    validate.add_argument("--quick", action="store_true", help="8x fewer seeds (same run lengths)")
+    validate.add_argument("--float64", action="store_true", help="simulate in float64")
+    validate.add_argument("--seed", type=int, default=0, help="root PRNG seed")
     return parser
 
 
@@ -119,8 +126,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not argv or argv[0].startswith("-") and argv[0] not in ("-h", "--help"):
         argv = ["predict", *argv]
     args = build_parser().parse_args(argv)
-    jax.config.update("jax_enable_x64", True)
     try:
+        if args.command == "validate":
+            from noisydln import stats
+
+            if args.float64:
+                jax.config.update("jax_enable_x64", True)
+            report = stats.validate(
+                jax.random.key(args.seed), num_seeds=args.seeds, quick=args.quick
+            )
+            print(report)
+            return 0 if report.passed else 1
+        jax.config.update("jax_enable_x64", True)
         print(_predict(args))
     except ValueError as error:
         print(f"noisydln: error: {error}", file=sys.stderr)
