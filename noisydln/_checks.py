@@ -33,13 +33,6 @@ def check_nonnegative(name: str, value) -> None:
         raise ValueError(f"{name} must be >= 0, got {value!r}")
 
 
-def check_positive(name: str, value) -> None:
-    """Raises unless every entry of `value` is finite and > 0 (skipped for traced values)."""
-    check_nonnegative(name, value)
-    if not is_traced(value) and np.any(np.asarray(value) <= 0):
-        raise ValueError(f"{name} must be > 0, got {value!r}")
-
-
 def check_finite(name: str, value) -> None:
     """Raises if `value` holds a NaN or an infinity (skipped for traced values)."""
     if is_traced(value):
