@@ -161,3 +161,31 @@ def test_validate_reports_every_claim_reproduced():
     claims = {row.claim for row in report.rows}
     assert claims == {"balancing", "sharpness", "limit"}
     assert "verdict" in report.table()
+
+
+@pytest.mark.parametrize("depth,sigma", [(3, 0.5), (4, 0.6)])
+def test_check_limit_judges_the_basins_of_gd_on_the_expected_loss(depth, sigma):
+    """A start below the saddle goes to 0; predicting with a start above it is rejected."""
+    target = np.array([2.0, 1.5, -1.8, 0.5, 0.0, 0.3])
+    problem = noisydln.make_problem(jax.random.key(5), 12, 6, design="orthogonal", beta_star=target)
+    a_minus, _ = noisydln.theory.stationary_roots(
+        noisydln.theory.diagonal_target(problem), sigma, depth
+    )
+    start = np.ones((depth, 6))
+    start[0] *= np.where(target < 0, -1.0, 1.0)
+    below = start.copy()
+    below[:, 1] *= 0.5 * float(a_minus[1])
+    config = noisydln.SimConfig(
+        algorithm="expected_gd",
+        depth=depth,
+        num_steps=20000,
+        record_every=1000,
+        eta=0.05,
+        init=below,
+        quantities=("beta",),
+    )
+    result = noisydln.run_grid(jax.random.key(6), problem, config, num_seeds=1, sigmas=[sigma])
+    assert float(np.abs(result.mean["beta"][0, 0, 0, -1, 1])) < 1e-10  # coordinate 1 went to 0
+    assert stats.check_limit(result, problem, config, tail=0.01).passed
+    above = noisydln.SimConfig(**{**config.__dict__, "init": start})
+    assert not stats.check_limit(result, problem, above, tail=0.01).passed
