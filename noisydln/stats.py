@@ -136,7 +136,8 @@ def combined_verdict(z, alpha: float = ALPHA) -> tuple[float, float, bool]:
 # ---------------------------------------------------------------- helpers
 
 
-def _require(result: GridResult, problem: Problem, names, how: str) -> None:
+def _require(result: GridResult, problem: Problem, config: SimConfig, names, how: str) -> None:
+    """Raises unless `result` holds `names` and matches `problem` (d) and `config` (depth, steps)."""
     missing = [n for n in names if n not in result.mean]
     if missing:
         raise ValueError(
@@ -146,6 +147,15 @@ def _require(result: GridResult, problem: Problem, names, how: str) -> None:
     d = result.mean["beta"].shape[-1] if "beta" in result.mean else None
     if d is not None and d != problem.d:
         raise ValueError(f"the result has d = {d} but the problem has d = {problem.d}")
+    if "imbalance" in result.mean and result.mean["imbalance"].shape[-2] != config.depth - 1:
+        depth = result.mean["imbalance"].shape[-2] + 1
+        raise ValueError(
+            f"the result comes from depth {depth} but the config has depth {config.depth}"
+        )
+    if not np.array_equal(result.steps, config.record_steps()):
+        raise ValueError(
+            "the result's record steps are not those of the config: pass the config it ran"
+        )
 
 
 def _cells(result: GridResult):
@@ -349,7 +359,9 @@ def check_balancing(
       problem: the problem it ran on.
       config: its config (depth 2, `stochastic_sam`).
     """
-    _require(result, problem, ("beta", "imbalance", "imbalance_step_residual"), "and depth=2")
+    _require(
+        result, problem, config, ("beta", "imbalance", "imbalance_step_residual"), "and depth=2"
+    )
     if config.depth != 2:
         raise ValueError(f"check_balancing needs a depth-2 run, got depth {config.depth}")
     rows = _one_step_rows(result, alpha)
@@ -396,7 +408,7 @@ def check_sharpness(
     value, up to `z_bound` standard errors (the stationary fluctuation of the layers keeps an
     O(eta) gap). Cells without noise conserve the imbalance: reported, not judged.
     """
-    _require(result, problem, ("trace_gap", "sharpness_gap"), "")
+    _require(result, problem, config, ("trace_gap", "sharpness_gap"), "")
     window = _tail(result, tail)
     cells = list(_cells(result))
     bound = z_bound(2 * len(cells), alpha)
@@ -488,7 +500,7 @@ def check_limit(
     Richardson extrapolation `(eta_1 m_2 - eta_2 m_1) / (eta_1 - eta_2)`, free of the O(eta)
     term, must match the limit within `z_bound` (conservative) standard errors.
     """
-    _require(result, problem, ("beta",), "")
+    _require(result, problem, config, ("beta",), "")
     window = _tail(result, tail)
     base, _ = config.base_init(problem.d, problem.gram.dtype)
     cells = list(_cells(result))

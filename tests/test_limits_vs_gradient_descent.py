@@ -58,6 +58,8 @@ def test_limit_vs_long_gd_on_expected_loss_diagonal_design(key, depth, sigma):
     predicted = theory.limit(z, sigma, depth, init)
     np.testing.assert_allclose(noisydln.end_to_end(final), predicted, atol=1e-8)
     assert np.any(predicted == 0) and np.any(predicted != 0)  # both sides of the threshold are seen
+    # every critical point of L_R with sigma > 0 is balanced (THEORY.md s2)
+    np.testing.assert_allclose(final, theory.balanced(final), atol=1e-6)
     wrong = theory.limit(z, 1.1 * sigma, depth, init)
     assert np.max(np.abs(noisydln.end_to_end(final) - wrong)) > 1e-3
 
@@ -159,3 +161,18 @@ def test_limits_vmap_over_sigma():
         )
         for i, sigma in enumerate(sigmas):
             np.testing.assert_allclose(batched[i], theory.limit(z, float(sigma), depth), rtol=1e-12)
+
+
+@pytest.mark.parametrize("depth,sigma", [(3, 0.5), (4, 0.6)])
+def test_limit_solves_the_shrinkage_equation(depth, sigma):
+    """THEORY.md s4: z = beta (1 + sigma^2 |beta|^(-2/L))^(L-1), shrinkage (a^2 / (a^2 + s^2))^(L-1)."""
+    z = jnp.array([3.0, -2.0, 1.5, 1.1]) * theory.threshold(sigma, depth)
+    beta = theory.limit(z, sigma, depth)
+    np.testing.assert_allclose(
+        beta * (1 + sigma**2 * jnp.abs(beta) ** (-2 / depth)) ** (depth - 1), z, rtol=1e-12
+    )
+    a_plus = jnp.abs(beta) ** (1 / depth)
+    np.testing.assert_allclose(
+        beta / z, (a_plus**2 / (a_plus**2 + sigma**2)) ** (depth - 1), rtol=1e-12
+    )
+    assert np.all(np.abs(beta) < np.abs(z))

@@ -148,6 +148,16 @@ def test_checks_say_what_is_missing(balancing_setup, limit_setup):
     other = noisydln.make_problem(jax.random.key(0), 40, 5, k=2)
     with pytest.raises(ValueError, match="the result has d = 4 but the problem has d = 5"):
         stats.check_limit(result, other, config)
+    deeper = noisydln.SimConfig(
+        **{**config.__dict__, "depth": 3, "init": 0.5, "quantities": ("beta", "imbalance")}
+    )
+    with pytest.raises(
+        ValueError, match="the result comes from depth 2 but the config has depth 3"
+    ):
+        stats.check_limit(result, problem, deeper)
+    longer = noisydln.SimConfig(**{**config.__dict__, "num_steps": 900})
+    with pytest.raises(ValueError, match="record steps are not those of the config"):
+        stats.check_sharpness(result, problem, longer)
     with pytest.raises(ValueError, match="imbalance_step_residual uses the depth-2 factor"):
         noisydln.SimConfig(depth=3, quantities=("imbalance_step_residual",))
     gaussian = noisydln.make_problem(jax.random.key(0), 40, 4, k=2)
