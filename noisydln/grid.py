@@ -56,9 +56,9 @@ class GridResult(NamedTuple):
 def _grid_axis(name: str, values, default: float) -> np.ndarray:
     if values is None:
         return np.asarray([default], dtype=float)
-    array = np.asarray(values, dtype=float).reshape(-1) if np.ndim(values) <= 1 else None
-    if array is None:
+    if np.ndim(values) > 1:
         raise ValueError(f"{name} must be a 1-D sequence of numbers, got shape {np.shape(values)}")
+    array = np.asarray(values, dtype=float).reshape(-1)
     if array.size == 0:
         raise ValueError(f"{name} must not be empty")
     if not np.all(np.isfinite(array)):

@@ -218,8 +218,8 @@ def _gd_recursion_rows(problem: Problem, config: SimConfig, result: GridResult) 
             predicted = theory.imbalance_after_gd(params, problem, sigma, eta)
             new = params - eta * theory.expected_grad(params, problem, sigma)
             actual = new[:, None] ** 2 - new[None, :] ** 2
-            scale_ = jnp.max(jnp.abs(actual)) + jnp.finfo(new.dtype).tiny
-            return new, jnp.max(jnp.abs(predicted - actual)) / scale_
+            size = jnp.max(jnp.abs(actual)) + jnp.finfo(new.dtype).tiny
+            return new, jnp.max(jnp.abs(predicted - actual)) / size
 
         _, errors = jax.lax.scan(step, base * scale, None, length=steps)
         worst = float(jnp.max(errors))
