@@ -5,7 +5,7 @@ optax SGD transformation (momentum optional). `hyper.sigma` is the rule's noise 
 
 | rule | direction | `sigma` means |
 |---|---|---|
-| `stochastic_sam` | `grad L(W + sigma xi)`, `xi` i.i.d. per layer and coordinate (THEORY.md s1) | noise std |
+| `stochastic_sam` | `grad L(W + sigma xi)`, `xi` i.i.d. per layer and coordinate (docs/theory.md s1) | noise std |
 | `one_layer_sam` | as above, but only one layer, chosen uniformly, is perturbed | noise std |
 | `gd` | `grad L(W)` | ignored |
 | `expected_gd` | `grad L_R(W)` = `theory.expected_grad` (the deterministic theory trajectory) | noise std |
@@ -91,7 +91,7 @@ def stochastic_sam(
     noise: str = "gaussian",
     momentum: float = 0.0,
 ) -> TrainState:
-    """The paper's rule: the gradient at `W + sigma * xi` applied to `W` (THEORY.md s1).
+    """The paper's rule: the gradient at `W + sigma * xi` applied to `W` (docs/theory.md s1).
 
     `xi: [depth, d]` is drawn fresh from `noise` ("gaussian", or "rademacher" / "uniform", each
     with unit variance) independently for every layer and coordinate.
@@ -131,7 +131,7 @@ def gd(
 def expected_gd(
     key: jax.Array, state: TrainState, problem: Problem, hyper: Hyper, *, momentum: float = 0.0
 ) -> TrainState:
-    """Gradient descent on the expected loss `L_R` at noise level sigma (THEORY.md s2)."""
+    """Gradient descent on the expected loss `L_R` at noise level sigma (docs/theory.md s2)."""
     del key
     direction = theory.expected_grad(state.params, problem, hyper.sigma)
     return apply_direction(state, direction, hyper, momentum)

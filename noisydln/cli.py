@@ -73,9 +73,9 @@ def _predict(args: argparse.Namespace) -> str:
         "",
     ]
     if diagonal_design:
-        source = "shrinkage-thresholding (THEORY.md s4)"
+        source = "shrinkage-thresholding (docs/theory.md s4)"
     elif depth == 2:
-        source = "weighted lasso (THEORY.md s4)"
+        source = "weighted lasso (docs/theory.md s4)"
     else:
         source = "none: depth >= 3 limits need a diagonal design"
     lines.append(f"limit: {source}")
@@ -114,7 +114,7 @@ def _predict(args: argparse.Namespace) -> str:
     lines += [
         "",
         "rate: mean over coordinates of the depth-2 gradient-flow balancing rate 4 sigma^2 D_i,",
-        "      half-life in time t = eta * step (THEORY.md s3).",
+        "      half-life in time t = eta * step (docs/theory.md s3).",
         "min S, min tr H: average sharpness and Hessian trace of the balanced factorisation of the limit.",
     ]
     return "\n".join(lines)

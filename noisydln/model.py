@@ -1,4 +1,4 @@
-"""The diagonal linear network `beta = w_1 * ... * w_L`: loss, gradient, exact Hessian (THEORY.md s1-2).
+"""The diagonal linear network `beta = w_1 * ... * w_L`: loss, gradient, exact Hessian (docs/theory.md s1-2).
 
 Every function acts on ONE parameter array `params: [depth, d]` (row l is the diagonal of the
 layer `W_l`) and one `Problem`; batch over seeds or grids with `jax.vmap`.
@@ -55,7 +55,7 @@ def products_except_two(factors: jax.Array) -> jax.Array:
 
 
 def residual(beta: jax.Array, problem: Problem) -> jax.Array:
-    """`r = 2 (b - Sigma beta)`, minus the gradient of the loss in beta, `[d]` (THEORY.md s1).
+    """`r = 2 (b - Sigma beta)`, minus the gradient of the loss in beta, `[d]` (docs/theory.md s1).
 
     Written `beta @ Sigma` (Sigma is symmetric): batched over trajectories this is one
     row-major matrix product `[batch, d] @ [d, d]`, twice as fast on CPU as `Sigma @ beta`.
@@ -95,7 +95,7 @@ def perturbed_grad(
 ) -> jax.Array:
     """The noise-injected gradient `grad L(params + sigma * xi)`, `xi ~ N(0, I)`, `[depth, d]`.
 
-    This is one draw of the stochastic-SAM gradient of THEORY.md section 1: independent
+    This is one draw of the stochastic-SAM gradient of docs/theory.md section 1: independent
     Gaussian noise on every layer and coordinate; its mean is `theory.expected_grad`.
 
     Args:
@@ -128,13 +128,13 @@ def hessian(params: jax.Array, problem: Problem) -> jax.Array:
 
 
 def hessian_trace(params: jax.Array, problem: Problem) -> jax.Array:
-    """`tr hess L = 2 sum_i D_i sum_l prod_{k != l} w_{k,i}^2`, scalar (THEORY.md s2); y-free."""
+    """`tr hess L = 2 sum_i D_i sum_l prod_{k != l} w_{k,i}^2`, scalar (docs/theory.md s2); y-free."""
     _checks.check_params(params, problem.d)
     per_coordinate = pairwise_sum(products_except_one(params**2).T)  # summed over layers, [d]
     return 2 * pairwise_sum(problem.gram_diag * per_coordinate)
 
 
 def imbalances(params: jax.Array) -> jax.Array:
-    """All pairwise imbalances `Delta_lm = w_l^2 - w_m^2` (THEORY.md s1), `[depth, depth, d]`."""
+    """All pairwise imbalances `Delta_lm = w_l^2 - w_m^2` (docs/theory.md s1), `[depth, depth, d]`."""
     squares = params**2
     return squares[:, None, :] - squares[None, :, :]

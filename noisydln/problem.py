@@ -15,7 +15,7 @@ DESIGNS = ("gaussian", "orthogonal", "diagonal")
 class Problem(NamedTuple):
     """A regression problem `y = X beta_star + noise` and its sufficient statistics.
 
-    The loss of THEORY.md section 1, `(1/n) ||y - X beta||^2`, only needs `gram`, `xty` and
+    The loss of docs/theory.md section 1, `(1/n) ||y - X beta||^2`, only needs `gram`, `xty` and
     `yty`; `X` and `y` are kept for users and for independent checks.
 
     Attributes:

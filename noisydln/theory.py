@@ -1,6 +1,6 @@
-"""Closed forms of THEORY.md: expected loss and gradient, sharpness, balancing rates and limits.
+"""Closed forms of docs/theory.md: expected loss and gradient, sharpness, balancing rates and limits.
 
-Each function cites the THEORY.md section it implements; conventions are those of section 1:
+Each function cites the docs/theory.md section it implements; conventions are those of section 1:
 loss `(1/n) ||y - X beta||^2`, independent `N(0, sigma^2)` noise on every layer and coordinate,
 gradient evaluated at the perturbed weights. Functions act on one parameter array
 `params: [depth, d]`; batch with `jax.vmap` (over seeds, sigmas or step sizes alike).
@@ -27,7 +27,7 @@ def average_sharpness(params: jax.Array, problem: Problem, sigma: ArrayLike) -> 
 
 
 def expected_loss(params: jax.Array, problem: Problem, sigma: ArrayLike) -> jax.Array:
-    """`L_R(W) = E_xi L(W + xi)`, `xi ~ N(0, sigma^2)` i.i.d. (THEORY.md s2), scalar.
+    """`L_R(W) = E_xi L(W + xi)`, `xi ~ N(0, sigma^2)` i.i.d. (docs/theory.md s2), scalar.
 
     Examples:
       >>> import jax.numpy as jnp, jax, noisydln
@@ -40,7 +40,7 @@ def expected_loss(params: jax.Array, problem: Problem, sigma: ArrayLike) -> jax.
 
 
 def expected_grad(params: jax.Array, problem: Problem, sigma: ArrayLike) -> jax.Array:
-    """`E_xi grad L(W + xi) = grad L_R(W)` (THEORY.md s2), `[depth, d]`.
+    """`E_xi grad L(W + xi) = grad L_R(W)` (docs/theory.md s2), `[depth, d]`.
 
     `dL_R/dw_li = -r_i prod_{k!=l} w_ki + 2 D_i w_li [prod_{k!=l}(w_ki^2 + sigma^2) - prod_{k!=l} w_ki^2]`.
     """
@@ -54,7 +54,7 @@ def expected_grad(params: jax.Array, problem: Problem, sigma: ArrayLike) -> jax.
 
 
 def balanced(params: jax.Array) -> jax.Array:
-    """The balanced factorisation of the same product (THEORY.md s2), `[depth, d]`.
+    """The balanced factorisation of the same product (docs/theory.md s2), `[depth, d]`.
 
     Every layer gets magnitude `|beta_i|^(1/L)` and keeps its own sign, so the product (and the
     sign pattern of the layers) is unchanged.
@@ -88,7 +88,7 @@ def min_hessian_trace(beta: jax.Array, problem: Problem, depth: int) -> jax.Arra
 def balancing_rate(problem: Problem, sigma: ArrayLike) -> jax.Array:
     """Gradient-flow decay rate of the imbalance, depth 2: `Delta_i(t) = Delta_i(0) e^{-rate_i t}`.
 
-    `rate_i = 4 sigma^2 D_i` (THEORY.md s3), whatever the data fit; `[d]`. Time `t = eta * steps`.
+    `rate_i = 4 sigma^2 D_i` (docs/theory.md s3), whatever the data fit; `[d]`. Time `t = eta * steps`.
     """
     _checks.check_nonnegative("sigma", sigma)
     return 4 * sigma**2 * problem.gram_diag
@@ -97,7 +97,7 @@ def balancing_rate(problem: Problem, sigma: ArrayLike) -> jax.Array:
 def imbalance_after_gd(
     params: jax.Array, problem: Problem, sigma: ArrayLike, eta: ArrayLike
 ) -> jax.Array:
-    """Exact imbalances after one step of GD on `L_R` with step `eta`, any depth (THEORY.md s3).
+    """Exact imbalances after one step of GD on `L_R` with step `eta`, any depth (docs/theory.md s3).
 
     With `c_l = 1 - 2 eta D A_l`, `A_l = prod_{k!=l}(w_k^2 + s^2) - prod_{k!=l} w_k^2` and
     `p_l = prod_{k!=l} w_k` (per coordinate),
@@ -130,7 +130,7 @@ def imbalance_after_gd(
 def imbalance_factor(
     params: jax.Array, problem: Problem, sigma: ArrayLike, eta: ArrayLike
 ) -> jax.Array:
-    """The exact conditional factor `rho_i` of one stochastic-SAM step, depth 2 (THEORY.md s3).
+    """The exact conditional factor `rho_i` of one stochastic-SAM step, depth 2 (docs/theory.md s3).
 
     `E[Delta_i^{k+1} | W_k] = rho_i Delta_i^k` with `Delta = w_1^2 - w_2^2`,
     `rho_i = 1 - 4 eta s^2 D_i - eta^2 [r_i^2 + 4 V_i + 4 s^2 D_i^2 (w_1i^2 + w_2i^2) + 12 s^4 D_i^2]`,
@@ -157,7 +157,7 @@ def imbalance_factor(
 
 
 def threshold(sigma: ArrayLike, depth: int) -> jax.Array:
-    """The thresholding level of the limit (THEORY.md s4): `sigma^2` for depth 2, else `tau_L`.
+    """The thresholding level of the limit (docs/theory.md s4): `sigma^2` for depth 2, else `tau_L`.
 
     `tau_L = sigma^L (2(L-1)/L)^(L-1) (L/(L-2))^((L-2)/2)`: non-zero stationary points of a
     coordinate exist iff `|z_i| >= tau_L` (`tau_3 = 3.0792 sigma^3`, `tau_4 = 6.75 sigma^4`).
@@ -223,7 +223,7 @@ def stationary_roots(z: ArrayLike, sigma: ArrayLike, depth: int) -> tuple[jax.Ar
 
 
 def limit(z: ArrayLike, sigma: ArrayLike, depth: int, init: jax.Array | None = None) -> jax.Array:
-    """The shrinkage-thresholding limit of a diagonal design (THEORY.md s4), shaped like `z`.
+    """The shrinkage-thresholding limit of a diagonal design (docs/theory.md s4), shaped like `z`.
 
     Depth 2: soft thresholding, `sign(z) max(|z| - sigma^2, 0)`, from any start off the origin's
     stable manifold (`init` is not used). Depth `L >= 3`: `sign(z) a_+^L` where `|z| > tau_L`,
@@ -268,7 +268,7 @@ def lasso_limit(
     tol: float | None = None,
     max_steps: int = 200_000,
 ) -> jax.Array:
-    """The depth-2 limit for a general design: a weighted lasso (THEORY.md s4), `[d]`.
+    """The depth-2 limit for a general design: a weighted lasso (docs/theory.md s4), `[d]`.
 
     Minimises `beta^T Sigma beta - 2 b^T beta + 2 sigma^2 sum_i D_i |beta_i|` by accelerated
     proximal gradient (FISTA with gradient restart) until the fixed-point residual is below

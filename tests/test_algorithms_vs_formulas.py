@@ -124,7 +124,7 @@ def test_momentum_is_heavy_ball(key, setup):
 
 
 def test_expected_gd_trajectory_vs_imbalance_after_gd(key, setup):
-    """The deterministic theory trajectory follows THEORY.md's exact GD recursion step by step."""
+    """The deterministic theory trajectory follows docs/theory.md's exact GD recursion step by step."""
     problem, params, _ = setup
     config = noisydln.SimConfig(
         algorithm="expected_gd",

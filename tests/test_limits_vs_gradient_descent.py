@@ -1,4 +1,4 @@
-"""`threshold`, `limit` and `lasso_limit` (THEORY.md s4) against long gradient descent on `L_R`."""
+"""`threshold`, `limit` and `lasso_limit` (docs/theory.md s4) against long gradient descent on `L_R`."""
 
 import jax
 import jax.numpy as jnp
@@ -58,7 +58,7 @@ def test_limit_vs_long_gd_on_expected_loss_diagonal_design(key, depth, sigma):
     predicted = theory.limit(z, sigma, depth, init)
     np.testing.assert_allclose(noisydln.end_to_end(final), predicted, atol=1e-8)
     assert np.any(predicted == 0) and np.any(predicted != 0)  # both sides of the threshold are seen
-    # every critical point of L_R with sigma > 0 is balanced (THEORY.md s2)
+    # every critical point of L_R with sigma > 0 is balanced (docs/theory.md s2)
     np.testing.assert_allclose(final, theory.balanced(final), atol=1e-6)
     wrong = theory.limit(z, 1.1 * sigma, depth, init)
     assert np.max(np.abs(noisydln.end_to_end(final) - wrong)) > 1e-3
@@ -165,7 +165,7 @@ def test_limits_vmap_over_sigma():
 
 @pytest.mark.parametrize("depth,sigma", [(3, 0.5), (4, 0.6)])
 def test_limit_solves_the_shrinkage_equation(depth, sigma):
-    """THEORY.md s4: z = beta (1 + sigma^2 |beta|^(-2/L))^(L-1), shrinkage (a^2 / (a^2 + s^2))^(L-1)."""
+    """docs/theory.md s4: z = beta (1 + sigma^2 |beta|^(-2/L))^(L-1), shrinkage (a^2 / (a^2 + s^2))^(L-1)."""
     z = jnp.array([3.0, -2.0, 1.5, 1.1]) * theory.threshold(sigma, depth)
     beta = theory.limit(z, sigma, depth)
     np.testing.assert_allclose(

@@ -1,4 +1,4 @@
-"""The balanced factorisation against random factorisations of the same product (THEORY.md s2)."""
+"""The balanced factorisation against random factorisations of the same product (docs/theory.md s2)."""
 
 import jax
 import jax.numpy as jnp

@@ -1,4 +1,4 @@
-"""Closed forms of THEORY.md s2-3 against exact Gauss-Hermite expectations and autodiff.
+"""Closed forms of docs/theory.md s2-3 against exact Gauss-Hermite expectations and autodiff.
 
 The loss is a polynomial of degree <= 2L in every perturbation, so a 4-node (per variable)
 Gauss-Hermite rule over all `depth * d` perturbations gives E_xi exactly, up to rounding.
