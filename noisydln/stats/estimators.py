@@ -1,0 +1,142 @@
+"""Estimators with error bars, z-scores and verdicts, and the helpers the checks share."""
+
+import math
+import statistics
+
+import numpy as np
+
+from noisydln.grid import GridResult
+from noisydln.problem import Problem
+from noisydln.simulate import SimConfig
+
+ALPHA = 0.01  # family-wise level of every combined verdict
+
+
+def standard_error(result: GridResult) -> dict[str, np.ndarray]:
+    """`sqrt(var / count)` of every recorded mean, `[S, E, I, R, *shape]` (NaN below 2 seeds)."""
+    return {
+        k: np.sqrt(np.asarray(result.var[k]) / np.asarray(result.count[k])) for k in result.mean
+    }
+
+
+def gaussian_quantile(probability: float) -> float:
+    """The standard normal quantile."""
+    return statistics.NormalDist().inv_cdf(probability)
+
+
+def confidence_interval(result: GridResult, level: float = 0.95) -> dict[str, tuple]:
+    """Normal confidence intervals `(low, high)` of every recorded mean."""
+    if not 0 < level < 1:
+        raise ValueError(f"level must be in (0, 1), got {level}")
+    half = gaussian_quantile(0.5 + level / 2)
+    se = standard_error(result)
+    return {
+        k: (np.asarray(m) - half * se[k], np.asarray(m) + half * se[k])
+        for k, m in result.mean.items()
+    }
+
+
+def z_scores(estimate, standard_err, prediction, rounding: float = 0.0) -> np.ndarray:
+    """`(estimate - prediction) / standard_error`, elementwise.
+
+    Where the standard error is 0 (a deterministic quantity) the estimate must equal the
+    prediction up to `rounding`: z is 0 then, infinite otherwise.
+    """
+    diff = np.asarray(estimate, dtype=float) - np.asarray(prediction, dtype=float)
+    se = np.broadcast_to(np.asarray(standard_err, dtype=float), diff.shape)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        z = diff / se
+    exact = se == 0
+    return np.where(exact, np.where(np.abs(diff) <= rounding, 0.0, np.inf), z)
+
+
+def z_bound(num_tests: int, alpha: float = ALPHA) -> float:
+    """The |z| a family of `num_tests` comparisons may reach at family-wise level `alpha`."""
+    return gaussian_quantile(1 - alpha / (2 * max(num_tests, 1)))
+
+
+def combined_verdict(z, alpha: float = ALPHA) -> tuple[float, float, bool]:
+    """`(max |z|, bound, passed)` for many z-scores judged together (NaNs are left out)."""
+    z = np.abs(np.asarray(z, dtype=float)).ravel()
+    z = z[np.isfinite(z)]
+    if z.size == 0:
+        raise ValueError("no finite z-score to judge: too few seeds (need count >= 2)")
+    bound = z_bound(z.size, alpha)
+    return float(z.max()), bound, bool(z.max() < bound)
+
+
+def fit_decay_rate(times, mean, se) -> tuple[float, float]:
+    """Decay rate of a mean that starts deterministic, `-log(mean_T / mean_0) / T`, and its SE.
+
+    `T` is the last record before the mean stops being resolved (`|mean| > 5 se`, same sign as
+    at the start). Records share their seeds, so a regression through all of them would
+    understate its error; with a deterministic start the two-point rate has the standard
+    error `(se_T / |mean_T|) / T` (delta method), which is honest.
+    """
+    times, mean, se = (np.asarray(a, dtype=float) for a in (times, mean, se))
+    resolved = (np.sign(mean) == np.sign(mean[0])) & (np.abs(mean) > 5 * se) & (mean != 0)
+    resolved = np.cumprod(resolved).astype(bool)
+    last = int(np.nonzero(resolved)[0][-1]) if resolved.any() else 0
+    if last < 1 or se[0] > 0:
+        return math.nan, math.nan
+    span = times[last] - times[0]
+    rate = -np.log(mean[last] / mean[0]) / span
+    return float(rate), float(se[last] / abs(mean[last]) / span)
+
+
+# ---------------------------------------------------------------- helpers
+
+
+def require_quantities(
+    result: GridResult, problem: Problem, config: SimConfig, names, how: str
+) -> None:
+    """Raises unless `result` holds `names` and matches `problem` (d) and `config` (depth, steps)."""
+    missing = [n for n in names if n not in result.mean]
+    if missing:
+        raise ValueError(
+            f"the result does not hold {missing}: run it with "
+            f"SimConfig(quantities=(..., {', '.join(repr(n) for n in missing)})) {how}"
+        )
+    d = result.mean["beta"].shape[-1] if "beta" in result.mean else None
+    if d is not None and d != problem.d:
+        raise ValueError(f"the result has d = {d} but the problem has d = {problem.d}")
+    if "imbalance" in result.mean and result.mean["imbalance"].shape[-2] != config.depth - 1:
+        depth = result.mean["imbalance"].shape[-2] + 1
+        raise ValueError(
+            f"the result comes from depth {depth} but the config has depth {config.depth}"
+        )
+    if not np.array_equal(result.steps, config.record_steps()):
+        raise ValueError(
+            "the result's record steps are not those of the config: pass the config it ran"
+        )
+
+
+def grid_cells(result: GridResult):
+    """`(cell index, sigma, eta, init scale)` of every cell of the grid."""
+    for i, sigma in enumerate(result.sigmas):
+        for j, eta in enumerate(result.etas):
+            for k, scale in enumerate(result.init_scales):
+                yield (i, j, k), float(sigma), float(eta), float(scale)
+
+
+def cell_label(sigma, eta, scale) -> str:
+    """The name of a grid cell in a report row."""
+    return f"sigma={sigma:g} eta={eta:g} init x{scale:g}"
+
+
+def tail_window(result: GridResult, tail: float) -> slice:
+    """The last `tail` fraction of the records (at least one) as a slice."""
+    if not 0 < tail <= 1:
+        raise ValueError(f"tail must be in (0, 1], got {tail}")
+    return slice(len(result.steps) - max(1, math.ceil(tail * len(result.steps))), None)
+
+
+def tail_mean(result: GridResult, name: str, cell, tail: slice):
+    """Mean over the tail records of the mean over seeds, with a conservative standard error.
+
+    Records of one seed are correlated; the standard deviation of an average is at most the
+    average of the standard deviations, so the mean of the per-record SEs bounds its SE.
+    """
+    mean = np.asarray(result.mean[name][cell])[tail]
+    se = standard_error(result)[name][cell][tail]
+    return mean.mean(axis=0), se.mean(axis=0)
