@@ -10,12 +10,9 @@ import jax.numpy as jnp
 import numpy as np
 from jax.typing import ArrayLike
 
-from noisydln import _checks, algorithms, theory
-from noisydln.model import end_to_end, hessian_trace, loss_of_beta
+from noisydln import _checks, algorithms
 from noisydln.problem import Problem
-
-QUANTITIES = ("beta", "imbalance", "loss", "expected_loss", "sharpness", "hessian_trace")
-EXTRA_QUANTITIES = ("trace_gap", "sharpness_gap", "imbalance_step_residual")
+from noisydln.quantities import ALL_QUANTITIES, QUANTITIES, record
 
 
 @dataclasses.dataclass(frozen=True)
@@ -73,11 +70,10 @@ class SimConfig:
             raise ValueError(f"log_records must be a positive integer, got {self.log_records!r}")
         _checks.check_nonnegative("eta", self.eta)
         _checks.check_nonnegative("sigma", self.sigma)
-        unknown = sorted(set(self.quantities) - set(QUANTITIES + EXTRA_QUANTITIES))
+        unknown = sorted(set(self.quantities) - set(ALL_QUANTITIES))
         if unknown or not self.quantities:
             raise ValueError(
-                f"quantities must be a non-empty subset of {QUANTITIES + EXTRA_QUANTITIES}, "
-                f"got unknown {unknown}"
+                f"quantities must be a non-empty subset of {ALL_QUANTITIES}, got unknown {unknown}"
             )
         if "imbalance_step_residual" in self.quantities and self.depth != 2:
             raise ValueError("imbalance_step_residual uses the depth-2 factor rho: set depth=2")
@@ -132,51 +128,6 @@ def _as_nested_tuple(value: ArrayLike, name: str) -> tuple:
     if array.ndim != 2:
         raise ValueError(f"{name} must be a scale or an array [depth, d], got shape {array.shape}")
     return tuple(tuple(float(v) for v in row) for row in array)
-
-
-def record(
-    params: jax.Array,
-    problem: Problem,
-    hyper: algorithms.Hyper,
-    quantities,
-    next_params: jax.Array | None = None,
-) -> dict:
-    """The recorded quantities of one state (closed forms of THEORY.md s1-3).
-
-    Returns:
-      dict with (a subset of) `beta: [d]`, `imbalance: [depth - 1, d]` (`w_l^2 - w_1^2` for
-      l > 1), `loss`, `expected_loss`, `sharpness` (average sharpness at sigma),
-      `hessian_trace`, the gaps to the balanced factorisation of the same product
-      `trace_gap = tr hess - min tr hess` and `sharpness_gap = S - min S` (THEORY.md s2), and,
-      given the parameters after the next step, `imbalance_step_residual: [d]`
-      `= Delta(next) - rho(params) Delta(params)` (depth 2, THEORY.md s3; mean 0 over seeds).
-    """
-    depth = params.shape[0]
-    beta = end_to_end(params)
-    loss = loss_of_beta(beta, problem)
-    sharpness = theory.average_sharpness(params, problem, hyper.sigma)
-    trace = hessian_trace(params, problem)
-    wanted = set(quantities)
-    values = {
-        "beta": beta,
-        "imbalance": params[1:] ** 2 - params[:1] ** 2,
-        "loss": loss,
-        "expected_loss": loss + sharpness,
-        "sharpness": sharpness,
-        "hessian_trace": trace,
-    }
-    if "trace_gap" in wanted:
-        values["trace_gap"] = trace - theory.min_hessian_trace(beta, problem, depth)
-    if "sharpness_gap" in wanted:
-        values["sharpness_gap"] = sharpness - theory.min_average_sharpness(
-            beta, problem, hyper.sigma, depth
-        )
-    if "imbalance_step_residual" in wanted:
-        rho = theory.imbalance_factor(params, problem, hyper.sigma, hyper.eta)
-        before = params[0] ** 2 - params[1] ** 2
-        after = next_params[0] ** 2 - next_params[1] ** 2
-        values["imbalance_step_residual"] = after - rho * before
-    return {name: values[name] for name in quantities}
 
 
 def observe(

@@ -7,7 +7,7 @@ import pytest
 
 import noisydln
 from noisydln import algorithms, grid, stats
-from noisydln.simulate import QUANTITIES
+from noisydln.quantities import QUANTITIES
 
 CHECKED = QUANTITIES + ("trace_gap", "sharpness_gap", "imbalance_step_residual")
 
