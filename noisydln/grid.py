@@ -15,6 +15,7 @@ compared); the per-cell means and standard errors are those of independent runs.
 import functools
 import math
 import warnings
+from collections.abc import Callable
 from typing import NamedTuple
 
 import jax
@@ -25,7 +26,8 @@ from jax.typing import ArrayLike
 
 from noisydln import algorithms, moments
 from noisydln.problem import Problem
-from noisydln.simulate import SimConfig, advance, observe, record, scan_records
+from noisydln.quantities import record
+from noisydln.simulate import SimConfig, advance, observe, scan_records
 
 _STATE_ELEMENTS_PER_CHUNK = 2**21  # default chunk: at most about 8 MB of float32 parameters
 
@@ -73,6 +75,30 @@ def _default_chunk(num_seeds: int, cells: int, params_size: int) -> int:
     fit = max(1, _STATE_ELEMENTS_PER_CHUNK // (cells * params_size))
     num_chunks = -(-num_seeds // fit)
     return -(-num_seeds // num_chunks)
+
+
+def chunk_plan(
+    num_seeds: int, cells: int, params_size: int, chunk_size: int | None, num_devices: int
+) -> tuple[int, int]:
+    """`(seeds per chunk, number of chunks)` that `run_grid` uses.
+
+    The chunk is `chunk_size` (default: all seeds, or equal chunks whose parameters take at
+    most about 8 MB) rounded up to whole blocks of the moment fold on every device.
+    """
+    if chunk_size is None:
+        chunk_size = _default_chunk(num_seeds, cells, params_size)
+    elif (
+        isinstance(chunk_size, bool)
+        or not isinstance(chunk_size, (int, np.integer))
+        or chunk_size < 1
+    ):
+        raise ValueError(f"chunk_size must be a positive integer, got {chunk_size!r}")
+    # whole blocks of the fold on every device: the numbers do not depend on the chunk size,
+    # so rounding it up changes nothing but the padding (at least 16 seeds per device also
+    # keeps Sigma @ beta a matrix product, which XLA would otherwise sum in another order)
+    multiple = moments.BLOCK * num_devices
+    chunk_size = -(-int(chunk_size) // multiple) * multiple
+    return chunk_size, -(-num_seeds // chunk_size)
 
 
 def _chunk(acc, seed_keys, valid, problem, hyper, params0, *, config, keep, axis_name):
@@ -152,6 +178,7 @@ def run_grid(
     chunk_size: int | None = None,
     keep_trajectories: bool = False,
     devices=None,
+    progress: Callable[[int, int], None] | None = None,
 ) -> GridResult:
     """Monte Carlo statistics of `num_seeds` trajectories in every cell of a grid.
 
@@ -168,6 +195,7 @@ def run_grid(
         Any chunk size gives the same numbers.
       keep_trajectories: also return every seed's records (memory grows with num_seeds).
       devices: devices to shard each chunk's seeds over (default: all local devices).
+      progress: called as `progress(chunks_done, num_chunks)` after each chunk has finished.
 
     Returns:
       The `GridResult`.
@@ -200,19 +228,7 @@ def run_grid(
     devices = jax.local_devices() if devices is None else list(devices)
     if not devices:
         raise ValueError("devices must name at least one device")
-    if chunk_size is None:
-        chunk_size = _default_chunk(num_seeds, cells, base.size)
-    elif (
-        isinstance(chunk_size, bool)
-        or not isinstance(chunk_size, (int, np.integer))
-        or chunk_size < 1
-    ):
-        raise ValueError(f"chunk_size must be a positive integer, got {chunk_size!r}")
-    # whole blocks of the fold on every device: the numbers do not depend on the chunk size,
-    # so rounding it up changes nothing but the padding (at least 16 seeds per device also
-    # keeps Sigma @ beta a matrix product, which XLA would otherwise sum in another order)
-    multiple = moments.BLOCK * len(devices)
-    chunk_size = -(-chunk_size // multiple) * multiple
+    chunk_size, num_chunks = chunk_plan(num_seeds, cells, base.size, chunk_size, len(devices))
     mesh = _seed_mesh(devices)
 
     steps = config.record_steps()
@@ -230,7 +246,7 @@ def run_grid(
         (len(steps), cells),
     )
     kept = []
-    for first in range(0, num_seeds, chunk_size):
+    for index, first in enumerate(range(0, num_seeds, chunk_size)):
         seeds = jnp.arange(first, first + chunk_size)
         seed_keys = jax.vmap(jax.random.fold_in, in_axes=(None, 0))(key, seeds)
         acc, values = _run_chunk(
@@ -239,6 +255,9 @@ def run_grid(
         )  # fmt: skip
         if keep_trajectories:
             kept.append(jax.device_get(values))
+        if progress is not None:
+            jax.block_until_ready(acc)
+            progress(index + 1, num_chunks)
     return _assemble(acc, kept, config, grid_shape, (sigma_axis, eta_axis, scale_axis), num_seeds)
 
 
