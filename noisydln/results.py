@@ -357,6 +357,8 @@ def grid_results(ds: xr.Dataset) -> list[tuple[dict, GridResult, SimConfig]]:
             "depth": config.depth,
             "noise": _noise_label(config),
         }
+        if any(value not in ds[dim].values for dim, value in labels.items()):
+            continue  # selected away
         cell = ds.sel(labels)
         names = [v[: -len("_mean")] for v in ds.data_vars if v.endswith("_mean")]
         mean, var, count = {}, {}, {}

@@ -21,6 +21,7 @@ from noisydln.stats.estimators import (
     standard_error,
     z_scores,
 )
+from noisydln.stats.inputs import accepts_dataset
 from noisydln.stats.report import Report, Row
 
 
@@ -167,6 +168,7 @@ def _conservation_row(problem, result, cell, eta, scale, imbalance, beta) -> Row
     )
 
 
+@accepts_dataset
 def check_balancing(
     result: GridResult,
     problem: Problem,
@@ -187,7 +189,9 @@ def check_balancing(
     one is rejected).
 
     Args:
-      result: a `run_grid` result of `config` recording "beta", "imbalance" and
+      result: a results Dataset (`run_experiment`, `results.load`; problem and config
+        are then read from it and every static combination is checked), or a results Dataset (`run_experiment`, `results.load`: problem and config
+        are then read from it and every static combination is checked), or a `run_grid` result of `config` recording "beta", "imbalance" and
         "imbalance_step_residual" (record often: the rate is fitted on the records).
       problem: the problem it ran on.
       config: its config (depth 2, `stochastic_sam`).

@@ -18,6 +18,7 @@ from noisydln.stats.estimators import (
     z_bound,
     z_scores,
 )
+from noisydln.stats.inputs import accepts_dataset
 from noisydln.stats.report import Report, Row
 
 
@@ -41,6 +42,7 @@ def predicted_limit(problem: Problem, sigma: float, depth: int, init) -> np.ndar
     return np.asarray(theory.lasso_limit(problem, sigma))
 
 
+@accepts_dataset
 def check_limit(
     result: GridResult,
     problem: Problem,
@@ -51,6 +53,9 @@ def check_limit(
     alpha: float = ALPHA,
 ) -> Report:
     """The mean of beta over seeds and over the tail of the run against the limit (docs/theory.md s4).
+
+    `result` is a `GridResult` of `config` on `problem`, or a results Dataset (then both are
+    read from it unless given, and every static combination in it is checked).
 
     For `expected_gd` (gradient descent on `L_R`, deterministic) the limit is the stationary
     point itself, at any depth and from either side of the saddle: every coordinate must match

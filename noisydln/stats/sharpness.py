@@ -16,9 +16,11 @@ from noisydln.stats.estimators import (
     tail_window,
     z_bound,
 )
+from noisydln.stats.inputs import accepts_dataset
 from noisydln.stats.report import Report, Row
 
 
+@accepts_dataset
 def check_sharpness(
     result: GridResult,
     problem: Problem,
@@ -29,6 +31,9 @@ def check_sharpness(
     alpha: float = ALPHA,
 ) -> Report:
     """The noise drives the factorisation to the balanced one, of least sharpness (docs/theory.md s2).
+
+    `result` is a `GridResult` of `config` on `problem`, or a results Dataset (then both are
+    read from it unless given, and every static combination in it is checked).
 
     Along training the Monte Carlo means of the Hessian trace and of the average sharpness
     approach `min_hessian_trace` / `min_average_sharpness` of each trajectory's current
