@@ -2,8 +2,11 @@
 
 from noisydln import algorithms as algorithms
 from noisydln import noise as noise
+from noisydln import quantities as quantities
+from noisydln import results as results
 from noisydln import stats as stats
 from noisydln import theory as theory
+from noisydln.experiment import Experiment as Experiment
 from noisydln.grid import GridResult as GridResult
 from noisydln.grid import run_grid as run_grid
 from noisydln.model import end_to_end as end_to_end
@@ -18,6 +21,9 @@ from noisydln.problem import make_design as make_design
 from noisydln.problem import make_problem as make_problem
 from noisydln.problem import problem_from_data as problem_from_data
 from noisydln.problem import sparse_teacher as sparse_teacher
+from noisydln.quantities import EXTRA_QUANTITIES as EXTRA_QUANTITIES
+from noisydln.quantities import QUANTITIES as QUANTITIES
+from noisydln.results import run_experiment as run_experiment
 from noisydln.simulate import SimConfig as SimConfig
 from noisydln.simulate import Trajectory as Trajectory
 from noisydln.simulate import simulate as simulate

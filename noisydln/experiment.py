@@ -65,6 +65,12 @@ def _float(path, value, low=None, below=None):
     return float(value)
 
 
+def _bool(path, value):
+    if not isinstance(value, bool):
+        raise _fail(path, "true or false", value)
+    return value
+
+
 def _choice(path, value, choices):
     if not isinstance(value, str) or value not in choices:
         raise _fail(path, f"one of {sorted(choices)}", value)
@@ -184,15 +190,19 @@ class GridSpec:
 
 @dataclasses.dataclass(frozen=True)
 class RunSpec:
-    """`[run]`: `dtype` ("float32", the default, or "float64") and `devices` (how many local
-    devices to shard seeds over; default all)."""
+    """`[run]`: `dtype` ("float32", the default, or "float64"), `devices` (how many local
+    devices to shard seeds over; default all) and `reference` (also run gradient descent on
+    the expected loss from the same start, the deterministic reference of the mean; default
+    true)."""
 
     dtype: str = "float32"
     devices: int | None = None
+    reference: bool = True
 
     _CHECKS = {
         "dtype": lambda p, v: _choice(p, v, DTYPES),
         "devices": lambda p, v: _int(p, v, 1),
+        "reference": lambda p, v: _bool(p, v),
     }
 
 

@@ -108,7 +108,9 @@ def run_experiment(
         for config in configs:
             config.validate_for(problem)
         references = {
-            c.depth: _reference_config(c) for c in configs if c.algorithm in REFERENCE_RULES
+            c.depth: _reference_config(c)
+            for c in configs
+            if spec.run.reference and c.algorithm in REFERENCE_RULES
         }
         plans = [_num_chunks(spec, problem, c, devices) for c in configs]
         plans += [1] * len(references)
