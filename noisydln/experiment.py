@@ -22,6 +22,7 @@ from noisydln.simulate import SimConfig
 
 DTYPES = ("float32", "float64")
 _MAX_SEEDS = 2**31 - 1  # seed indices are folded into keys as int32
+_MAX_KEY_SEED = 2**32 - 1  # jax.random.key keeps 32 bits without x64 (float32 runs)
 
 
 class SpecError(ValueError):
@@ -146,7 +147,7 @@ class ProblemSpec:
         "values": _values,
         "beta_star": lambda p, v: _list(p, v, _float),
         "noise_std": lambda p, v: _float(p, v, 0.0),
-        "seed": lambda p, v: _int(p, v),
+        "seed": lambda p, v: _int(p, v, 0, _MAX_KEY_SEED),
         "data": lambda p, v: _path(p, v),
     }
 
@@ -181,7 +182,7 @@ class GridSpec:
         "etas": lambda p, v: _list(p, v, lambda q, x: _float(q, x, 0.0)),
         "init_scales": lambda p, v: _list(p, v, lambda q, x: _float(q, x, 0.0)),
         "chunk_size": lambda p, v: _int(p, v, 1, _MAX_SEEDS),
-        "seed": lambda p, v: _int(p, v),
+        "seed": lambda p, v: _int(p, v, 0, _MAX_KEY_SEED),
         "depths": lambda p, v: _list(p, v, lambda q, x: _int(q, x, 2)),
         "algorithms": lambda p, v: _list(p, v, lambda q, x: _choice(q, x, algorithms.RULES)),
         "noises": lambda p, v: _list(p, v, lambda q, x: _choice(q, x, noise.SAMPLERS)),
@@ -233,7 +234,10 @@ def _section(cls, path: str, given: dict, checks: dict):
     except ValueError as error:
         if isinstance(error, SpecError):
             raise
-        raise SpecError(f"{path}.{error}") from error
+        message = str(error)
+        if message.startswith("imbalance_step_residual"):  # names the quantity, not the key
+            message = f"quantities: {message}"
+        raise SpecError(f"{path}.{message}") from error
 
 
 # ---------------------------------------------------------------- the experiment
@@ -361,18 +365,25 @@ def _check_consistent(spec: Experiment) -> None:
                 f"grid.depths: an array simulation.init fixes depth {len(spec.simulation.init)}, "
                 f"got depth {other[0]}; use a scale init with several depths"
             )
-    for config in spec.static_configs():
-        try:
-            SimConfig(**{f.name: getattr(config, f.name) for f in dataclasses.fields(config)})
+    if spec.problem.data is None:  # a generated problem's d is known before anything runs
+        d, init, beta_star = spec.problem.d or 20, spec.simulation.init, spec.problem.beta_star
+        if beta_star is not None and len(beta_star) != d:
+            raise SpecError(f"problem.beta_star: must have d = {d} entries, got {len(beta_star)}")
+        if isinstance(init, tuple) and len(init[0]) != d:
+            raise SpecError(f"simulation.init: must have d = {d} columns, got {len(init[0])}")
+    sim, grid = spec.simulation, spec.grid
+    for algorithm, depth, noise_law in itertools.product(
+        grid.algorithms or (sim.algorithm,),
+        grid.depths or (sim.depth,),
+        grid.noises or (sim.noise,),
+    ):
+        try:  # building the combination's SimConfig checks it (static_configs would raise)
+            dataclasses.replace(sim, algorithm=algorithm, depth=depth, noise=noise_law)
         except ValueError as error:
-            axis = (
-                "grid"
-                if (spec.grid.algorithms or spec.grid.depths or spec.grid.noises)
-                else "simulation"
-            )
+            axis = "grid" if (grid.algorithms or grid.depths or grid.noises) else "simulation"
             raise SpecError(
-                f"{axis}: the combination algorithm={config.algorithm!r} depth={config.depth} "
-                f"noise={config.noise!r} cannot run: {error}"
+                f"{axis}: the combination algorithm={algorithm!r} depth={depth} "
+                f"noise={noise_law!r} cannot run: {error}"
             ) from error
 
 

@@ -209,7 +209,9 @@ def _to_dataset(spec, problem, configs, results, references, wall, devices) -> x
     diverged = np.stack([np.asarray(r.diverged) for r in results])
     data["diverged"] = (CELL_DIMS, _place(diverged, order, static_shape))
     data.update(_reference_variables(references, depths, first, max_layers))
-    data.update(_theory_variables(problem, configs, depths, first, steps, max_layers))
+    theory_vars = _theory_variables(problem, configs, depths, first, steps, max_layers)
+    run_dtype = np.asarray(problem.gram).dtype  # in the run's precision, like every other variable
+    data.update({k: (dims, v.astype(run_dtype), a) for k, (dims, v, a) in theory_vars.items()})
     data.update(_problem_variables(problem))
     ds = xr.Dataset(data, coords=coords)
     device_kind, device_count = _device_description(devices)
