@@ -343,6 +343,24 @@ def _plain(value):
     return value
 
 
+def _check_generated_problem(p: ProblemSpec, sim: SimConfig) -> None:
+    """What `make_problem` would only find out after start-up: sizes that cannot fit."""
+    n, d, design = p.n or 100, p.d or 20, p.design or "gaussian"
+    if p.k is not None and p.k > d:
+        raise SpecError(f"problem.k: must be <= d = {d}, got {p.k}")
+    if design != "gaussian" and n < d:
+        raise SpecError(f"problem.n: a {design} design needs n >= d = {d}, got {n}")
+    if (p.diag is not None) != (design == "diagonal"):
+        raise SpecError(
+            'problem.diag: must be given with design = "diagonal" and only then '
+            f"(design = {design!r}, diag = {p.diag!r})"
+        )
+    if isinstance(p.diag, tuple) and len(p.diag) != d:
+        raise SpecError(f"problem.diag: must have d = {d} entries, got {len(p.diag)}")
+    if sim.batch_size is not None and sim.batch_size > n:
+        raise SpecError(f"simulation.batch_size: must be <= n = {n}, got {sim.batch_size}")
+
+
 def _check_consistent(spec: Experiment) -> None:
     """Checks across keys and sections (each message names the key that must change)."""
     given = {k for k, v in dataclasses.asdict(spec.problem).items() if v is not None}
@@ -371,6 +389,7 @@ def _check_consistent(spec: Experiment) -> None:
             raise SpecError(f"problem.beta_star: must have d = {d} entries, got {len(beta_star)}")
         if isinstance(init, tuple) and len(init[0]) != d:
             raise SpecError(f"simulation.init: must have d = {d} columns, got {len(init[0])}")
+        _check_generated_problem(spec.problem, spec.simulation)
     sim, grid = spec.simulation, spec.grid
     for algorithm, depth, noise_law in itertools.product(
         grid.algorithms or (sim.algorithm,),
@@ -440,7 +459,11 @@ def load_data(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
 
 
 def build_problem(spec: Experiment, dtype) -> problem.Problem:
-    """The spec's regression problem in `dtype` (generated from `problem.seed`, or loaded)."""
+    """The spec's regression problem in `dtype` (generated from `problem.seed`, or loaded).
+
+    A generated problem is drawn in float64 and rounded to `dtype`, so that float32 and
+    float64 runs of one spec see the same data up to rounding.
+    """
     import jax  # noqa: PLC0415 (keeps spec parsing free of JAX start-up)
 
     p = spec.problem
@@ -462,9 +485,12 @@ def build_problem(spec: Experiment, dtype) -> problem.Problem:
         for k, v in dataclasses.asdict(p).items()
         if v is not None and k not in ("n", "d", "seed", "data")
     }
-    try:
-        return problem.make_problem(
-            jax.random.key(p.seed), p.n or 100, p.d or 20, dtype=dtype, **options
-        )
+    try:  # drawn in float64 whatever the run's dtype, so float32 and float64 runs share it
+        with jax.enable_x64(True):
+            drawn = problem.make_problem(
+                jax.random.key(p.seed), p.n or 100, p.d or 20, dtype=np.float64, **options
+            )
+            X, y, beta = (np.asarray(a) for a in (drawn.X, drawn.y, drawn.beta_star))
     except ValueError as error:
         raise SpecError(f"problem: {error}") from error
+    return problem.problem_from_data(X.astype(dtype), y.astype(dtype), beta.astype(dtype))

@@ -193,16 +193,21 @@ def valid_spec_dicts(draw):
     else:
         width = draw(st.integers(1, 4))
         problem["d"] = width
-        problem["n"] = _some(draw, st.integers(1, 10**6))
-        problem["design"] = _some(draw, st.sampled_from(noisydln.problem.DESIGNS))
-        problem["diag"] = _some(draw, _nonnegative | st.lists(_nonnegative, min_size=1, max_size=4))
+        design = draw(st.sampled_from(noisydln.problem.DESIGNS))
+        problem["design"] = design if design != "gaussian" or draw(st.booleans()) else None
+        low_n = 1 if design == "gaussian" else width  # orthogonal / diagonal need n >= d
+        problem["n"] = draw(st.integers(max(low_n, 10**4 + 1), 10**6))  # >= any batch_size
+        if design == "diagonal":  # diag is required there, and only there
+            problem["diag"] = draw(
+                _nonnegative | st.lists(_nonnegative, min_size=width, max_size=width)
+            )
         problem["noise_std"] = _some(draw, _nonnegative)
         values = _finite | st.just("gaussian") | st.lists(_finite, min_size=1, max_size=4)
         problem["values"] = _some(draw, values)
         if draw(st.booleans()):
             problem["beta_star"] = draw(st.lists(_finite, min_size=width, max_size=width))
         else:
-            problem["k"] = _some(draw, st.integers(0, 10))
+            problem["k"] = _some(draw, st.integers(0, width))
 
     family = draw(st.sampled_from([_NOISE_RULES, _BATCH_RULES, _PLAIN_RULES]))
     depth = draw(st.integers(2, 5))
