@@ -114,6 +114,15 @@ def _unknown(path: str, given: dict, known) -> None:
         )
 
 
+def _check_fields(section, path: str) -> None:
+    """Checks (and normalises: lists to tuples, ints to floats) every set field of a section,
+    so that a section built in Python, or changed with `dataclasses.replace`, is checked too."""
+    for name, check in section._CHECKS.items():
+        value = getattr(section, name)
+        if value is not None:
+            object.__setattr__(section, name, check(f"{path}.{name}", value))
+
+
 # ---------------------------------------------------------------- sections
 
 
@@ -150,6 +159,9 @@ class ProblemSpec:
         "seed": lambda p, v: _int(p, v, 0, _MAX_KEY_SEED),
         "data": lambda p, v: _path(p, v),
     }
+
+    def __post_init__(self):
+        _check_fields(self, "problem")
 
 
 def _path(path, value):
@@ -188,6 +200,9 @@ class GridSpec:
         "noises": lambda p, v: _list(p, v, lambda q, x: _choice(q, x, noise.SAMPLERS)),
     }
 
+    def __post_init__(self):
+        _check_fields(self, "grid")
+
 
 @dataclasses.dataclass(frozen=True)
 class RunSpec:
@@ -205,6 +220,9 @@ class RunSpec:
         "devices": lambda p, v: _int(p, v, 1),
         "reference": lambda p, v: _bool(p, v),
     }
+
+    def __post_init__(self):
+        _check_fields(self, "run")
 
 
 _SIMULATION_CHECKS = {
