@@ -6,13 +6,14 @@ one's shape and meaning (also written into result files).
 """
 
 import jax
+import jax.numpy as jnp
 
 from noisydln import algorithms, theory
 from noisydln.model import end_to_end, hessian_trace, loss_of_beta
 from noisydln.problem import Problem
 
 QUANTITIES = ("beta", "imbalance", "loss", "expected_loss", "sharpness", "hessian_trace")
-EXTRA_QUANTITIES = ("trace_gap", "sharpness_gap", "imbalance_step_residual")
+EXTRA_QUANTITIES = ("trace_gap", "sharpness_gap", "imbalance_step_residual", "basin")
 ALL_QUANTITIES = QUANTITIES + EXTRA_QUANTITIES
 
 DESCRIPTIONS = {
@@ -24,6 +25,11 @@ DESCRIPTIONS = {
     "hessian_trace": ("[]", "trace of the Hessian of L"),
     "trace_gap": ("[]", "tr hess L - its minimum over factorisations of the same beta"),
     "sharpness_gap": ("[]", "S - its minimum over factorisations of the same beta"),
+    "basin": (
+        "[d]",
+        "1 where beta_i is nearer the non-zero stationary point sign(z_i) r_i than 0 (the mean "
+        "is the fraction of seeds in that basin; diagonal designs)",
+    ),
     "imbalance_step_residual": (
         "[d]",
         "Delta(next) - rho(W) Delta(W), the one-step law's residual (depth 2; mean 0)",
@@ -46,7 +52,9 @@ def record(
       `hessian_trace`, the gaps to the balanced factorisation of the same product
       `trace_gap = tr hess - min tr hess` and `sharpness_gap = S - min S` (docs/theory.md s2), and,
       given the parameters after the next step, `imbalance_step_residual: [d]`
-      `= Delta(next) - rho(params) Delta(params)` (depth 2, docs/theory.md s3; mean 0 over seeds).
+      `= Delta(next) - rho(params) Delta(params)` (depth 2, docs/theory.md s3; mean 0 over seeds),
+      and `basin: [d]`, 1 where `beta_i` is nearer the non-zero stationary point of a diagonal
+      design than 0 (docs/theory.md s4).
     """
     depth = params.shape[0]
     beta = end_to_end(params)
@@ -68,6 +76,10 @@ def record(
         values["sharpness_gap"] = sharpness - theory.min_average_sharpness(
             beta, problem, hyper.sigma, depth
         )
+    if "basin" in wanted:  # the non-zero root of a diagonal design, from theory.limit
+        z = theory.diagonal_target(problem)
+        root = jnp.sign(z) * jnp.abs(theory.limit(z, hyper.sigma, depth))
+        values["basin"] = ((root != 0) & (jnp.abs(beta - root) < jnp.abs(beta))).astype(beta.dtype)
     if "imbalance_step_residual" in wanted:
         rho = theory.imbalance_factor(params, problem, hyper.sigma, hyper.eta)
         before = params[0] ** 2 - params[1] ** 2

@@ -394,6 +394,29 @@ def grid_results(ds: xr.Dataset) -> list[tuple[dict, GridResult, SimConfig]]:
     return out
 
 
+def reference_result(ds: xr.Dataset, depth: int) -> GridResult | None:
+    """The `<q>_gd_LR` variables of one depth as a one-seed `GridResult`, or None if absent."""
+    names = [v[: -len("_gd_LR")] for v in ds.data_vars if v.endswith("_gd_LR")]
+    if not names or depth not in ds["depth"].values:
+        return None
+    mean = {}
+    for name in names:
+        values = ds[f"{name}_gd_LR"].sel(depth=depth)
+        if "layer" in values.dims:
+            values = values.isel(layer=slice(0, depth - 1))
+        mean[name] = jnp.asarray(values.values)
+    if any(np.all(np.isnan(np.asarray(v))) for v in mean.values()):
+        return None
+    ones = {k: jnp.ones_like(v) for k, v in mean.items()}
+    return GridResult(
+        steps=np.asarray(ds["step"].values), mean=mean, var={k: 0 * v for k, v in mean.items()},
+        count=ones, sigmas=np.asarray(ds["sigma"].values, dtype=float),
+        etas=np.asarray(ds["eta"].values, dtype=float),
+        init_scales=np.asarray(ds["init_scale"].values, dtype=float), num_seeds=1,
+        diverged=np.zeros(mean[names[0]].shape[:3], dtype=int),
+    )  # fmt: skip
+
+
 # ---------------------------------------------------------------- files
 
 

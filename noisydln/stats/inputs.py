@@ -1,6 +1,7 @@
 """What a check accepts: a `GridResult` with its problem and config, or a results Dataset."""
 
 import functools
+import inspect
 
 from noisydln.grid import GridResult
 from noisydln.stats.report import Report, combine
@@ -29,9 +30,13 @@ def accepts_dataset(check):
         combinations = results.grid_results(result)
         if not combinations:
             raise ValueError("the Dataset holds no static combination of its spec")
+        wants_reference = "reference" in inspect.signature(check).parameters
         reports = []
         for labels, grid, own_config in combinations:
-            report = check(grid, problem, own_config if config is None else config, **options)
+            extra = dict(options)
+            if wants_reference and "reference" not in options:  # the run's own GD on L_R
+                extra["reference"] = results.reference_result(result, labels["depth"])
+            report = check(grid, problem, own_config if config is None else config, **extra)
             if len(combinations) > 1:
                 tag = f" [{labels['algorithm']}, depth {labels['depth']}, {labels['noise']}]"
                 rows = tuple(row._replace(quantity=row.quantity + tag) for row in report.rows)

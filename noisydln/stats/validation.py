@@ -13,14 +13,15 @@ from noisydln.stats.balancing import check_balancing
 from noisydln.stats.limits import check_limit
 from noisydln.stats.report import Report, combine
 from noisydln.stats.sharpness import check_sharpness
+from noisydln.stats.trajectory import check_trajectory
 
 SPEC_DIR = Path(__file__).parents[1] / "specs" / "validation"
 FULL_SEEDS = 2048  # the seeds the spec files are written for
 
 # spec file stem -> (check, options) pairs, in the order of the printed table
 VALIDATION = {
-    "balancing": ((check_balancing, {}), (check_sharpness, {})),
-    "soft_thresholding": ((check_limit, {}),),
+    "balancing": ((check_trajectory, {}), (check_balancing, {}), (check_sharpness, {})),
+    "soft_thresholding": ((check_trajectory, {}), (check_limit, {})),
     "depth3_limit": ((check_limit, {}),),
     "weighted_lasso": ((check_limit, {}),),
     "basins_depth3": ((check_limit, {"tail": 0.01}),),
