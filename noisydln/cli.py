@@ -317,16 +317,22 @@ def _check_claims(ds):
     does not cover: it raises ValueError) is skipped with a note saying why.
     """
     from noisydln import stats
-    from noisydln.results import grid_results, problem_of
+    from noisydln.results import grid_results, problem_of, reference_result
 
     problem = problem_of(ds)
     combinations = grid_results(ds)
     reports, notes = [], []
     for labels, result, config in combinations:
         tag = " ".join(f"{k}={v}" for k, v in labels.items())
-        for check in (stats.check_balancing, stats.check_sharpness, stats.check_limit):
+        checks = (
+            stats.check_trajectory, stats.check_balancing, stats.check_sharpness, stats.check_limit,
+        )  # fmt: skip
+        for check in checks:
+            options = {}
+            if check is stats.check_trajectory:  # the run's own GD on L_R, stored beside it
+                options["reference"] = reference_result(ds, labels["depth"])
             try:
-                report = check(result, problem, config)
+                report = check(result, problem, config, **options)
             except ValueError as error:
                 notes.append(f"skipped {check.__name__} ({tag}): {error}")
                 continue
