@@ -226,6 +226,7 @@ def test_bench_passes_its_arguments_through(monkeypatch):
 # ---------------------------------------------------------------- demo
 
 
+@pytest.mark.slow  # CI runs the full demo as its install step (.ci/run)
 def test_demo_small_vs_its_report(tmp_path):
     pytest.importorskip("noisydln.plot")
     folder = tmp_path / "demo"

@@ -50,6 +50,15 @@ def digest_with_devices(count: int, chunk: str) -> tuple[int, str]:
     return int(devices), digest
 
 
+def test_two_devices_do_not_change_a_bit():
+    reference = digest_with_devices(1, "none")
+    assert reference[0] == 1
+    devices, digest = digest_with_devices(2, "none")
+    assert devices == 2
+    assert digest == reference[1]
+
+
+@pytest.mark.slow
 def test_device_count_does_not_change_a_bit():
     reference = digest_with_devices(1, "none")
     assert reference[0] == 1

@@ -167,6 +167,7 @@ def test_checks_say_what_is_missing(balancing_setup, limit_setup):
         stats.predicted_limit(gaussian, 0.3, 3, np.ones((3, 4)))
 
 
+@pytest.mark.slow
 def test_validate_reports_every_claim_reproduced():
     report = noisydln.validate(quick=True)
     assert report.passed, report.table()
