@@ -262,7 +262,10 @@ def test_demo_status_vs_its_report_and_skipped_checks(tiny, tmp_path, monkeypatc
     for passed in (True, False):
 
         def check_limit(result, problem, config, passed=passed):
-            row = stats.Row("limit", f"a {passed} prediction", 1.0, 0.0, 0.1, 10.0, passed)
+            row = stats.report.make_row(
+                "limit", f"a {passed} prediction", prediction=1.0, estimate=0.0,
+                verdict="pass" if passed else "fail",
+            )  # fmt: skip
             return stats.Report("limit", (row,))
 
         monkeypatch.setattr(stats, "check_limit", check_limit)
