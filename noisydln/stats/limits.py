@@ -302,6 +302,8 @@ def _extrapolation_rows(result, estimates, alpha) -> list:
             limit, m_big, se_big, drift_big = estimates[(i, big, k)]
             _, m_small, se_small, drift_small = estimates[(i, small, k)]
             label = f"sigma={sigma:g} init x{scale:g}"
+            if not (np.any(se_big > 0) or np.any(se_small > 0)):
+                continue  # deterministic cells: each step size is judged exactly on its own
             if drift_big or drift_small:
                 pending.append((dict(quantity=f"eta -> 0 extrapolation ({label})", prediction=math.nan,
                                      estimate=math.nan, verdict="not converged",
