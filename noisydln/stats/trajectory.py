@@ -182,27 +182,9 @@ def check_trajectory(
                     ),
                 )
                 pending.append((fields, None))
-            elif name in NON_SMOOTH:
-                fields.update(
-                    verdict="measured",
-                    note=f"max |mean - GD on L_R| = {np.nanmax(np.abs(mean - ref)):.3g}; built on "
-                    "|beta|, whose mean is off by O(sqrt(eta)) where beta fluctuates about 0: "
-                    "not judged (check_sharpness judges the gaps)",
-                )
-                pending.append((fields, None))
-            elif judged_by_extrapolation:
-                fields.update(
-                    verdict="measured",
-                    note=f"O(eta) difference from GD on L_R, max |d| = {np.nanmax(np.abs(mean - ref)):.3g}; judged by the eta -> 0 extrapolation",
-                )
-                pending.append((fields, None))
-            elif name not in STATED_ALLOWANCE:
-                fields.update(
-                    verdict="measured",
-                    note=f"max |mean - GD on L_R| = {np.nanmax(np.abs(mean - ref)):.3g}: its O(eta) "
-                    "part includes the spread of the seeds (nonlinear in the parameters); judged "
-                    "with two step sizes",
-                )
+            elif (why := _measured_because(name, judged_by_extrapolation)) is not None:
+                gap = float(np.nanmax(np.abs(mean - ref)))
+                fields.update(verdict="measured", note=f"max |mean - GD on L_R| = {gap:.3g}; {why}")
                 pending.append((fields, None))
             else:
                 fields.update(note=f"allowance {bias_per_eta:g} eta (1 + |reference|) + rounding")
@@ -210,6 +192,23 @@ def check_trajectory(
         if name not in NON_SMOOTH:
             pending += _extrapolation_rows(result, reference, name, se_all[name], steps, config)
     return Report("trajectory", tuple(judge("trajectory", pending, alpha)))
+
+
+def _measured_because(name: str, judged_by_extrapolation: bool) -> str | None:
+    """Why a stochastic row is measured rather than judged, or None when it is judged."""
+    if name in NON_SMOOTH:
+        return (
+            "built on |beta|, whose mean is off by O(sqrt(eta)) where beta fluctuates about 0: "
+            "not judged (check_sharpness judges the gaps)"
+        )
+    if judged_by_extrapolation:
+        return "the O(eta) difference is judged by the eta -> 0 extrapolation"
+    if name not in STATED_ALLOWANCE:
+        return (
+            "its O(eta) part includes the spread of the seeds (nonlinear in the parameters); "
+            "judged with two step sizes"
+        )
+    return None
 
 
 def _pair_for(result: GridResult, eta: float):
