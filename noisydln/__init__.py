@@ -4,6 +4,7 @@ from noisydln import algorithms as algorithms
 from noisydln import noise as noise
 from noisydln import quantities as quantities
 from noisydln import results as results
+from noisydln import runtime as runtime
 from noisydln import stats as stats
 from noisydln import theory as theory
 from noisydln.experiment import Experiment as Experiment
@@ -30,3 +31,5 @@ from noisydln.simulate import simulate as simulate
 from noisydln.stats import validate as validate
 
 __version__ = "0.1.0"
+
+runtime.use_every_core()  # one CPU device per core, unless chosen already (see noisydln.runtime)

@@ -67,6 +67,27 @@ def _floats(text: str) -> list[float]:
     return values
 
 
+def _process_id(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 0, got {text!r}")
+    return value
+
+
+def _size(text: str) -> int:
+    from noisydln.plan import parse_bytes  # noqa: PLC0415
+
+    try:
+        return parse_bytes(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected a size such as 2GB, 1.5GiB or 800MB, got {text!r}"
+        ) from None
+
+
 def _sigmas(text: str) -> list[float]:
     values = _floats(text)
     negative = [v for v in values if v < 0]
@@ -104,6 +125,30 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--overwrite", action="store_true", help="replace an existing OUT")
     run.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    run.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue from OUT.checkpoint, saved after every chunk of seeds (start afresh if "
+        "there is none); the results are the same bit for bit as an uninterrupted run's",
+    )
+    run.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="print the memory estimate, chunks and compiled programs, and run nothing",
+    )
+    run.add_argument(
+        "--max-memory",
+        metavar="SIZE",
+        type=_size,
+        help="refuse, before compiling, a chunk estimated to need more than SIZE per device "
+        "(e.g. 2GB, 1.5GiB; default: what the device has)",
+    )
+    cluster = run.add_argument_group(
+        "several processes (jax.distributed; detected by itself under Slurm or Open MPI)"
+    )
+    cluster.add_argument("--coordinator", metavar="HOST:PORT", help="address of process 0")
+    cluster.add_argument("--num-processes", type=_positive_int, metavar="N", help="processes")
+    cluster.add_argument("--process-id", type=_process_id, metavar="I", help="0 .. N - 1")
 
     plot = commands.add_parser(
         "plot",
@@ -285,8 +330,8 @@ def _check_output(path: Path, overwrite: bool) -> None:
         raise PermissionError(f"cannot write {str(path)!r}: {str(parent)!r} is not writable")
 
 
-def _simulate(spec, *, quiet: bool):
-    """`run_experiment(spec)` with a progress bar over chunks of seeds on stderr."""
+def _simulate(spec, *, quiet: bool, **options):
+    """`run_experiment(spec, **options)` with a progress bar over chunks of seeds on stderr."""
     from tqdm import tqdm
 
     from noisydln.results import run_experiment
@@ -298,7 +343,7 @@ def _simulate(spec, *, quiet: bool):
                 bar.total = total
             bar.update(done - bar.n)
 
-        return run_experiment(spec, progress=progress)
+        return run_experiment(spec, progress=progress, **options)
 
 
 def _plot_module():
@@ -344,17 +389,69 @@ def _check_claims(ds):
 
 
 def _run(args: argparse.Namespace) -> int:
+    from noisydln import results, runtime
     from noisydln.experiment import Experiment
 
     spec = Experiment.from_toml(args.spec)
     out = Path(args.output) if args.output else Path(Path(args.spec).stem + ".nc")
-    _check_output(out, args.overwrite)
-    from noisydln import results
-
-    ds = _simulate(spec, quiet=args.quiet)
-    path = results.save(ds, out, overwrite=args.overwrite)
-    print(f"{results.summary(ds)}; saved to {path}")
+    if args.dry_run:
+        print(_dry_run(spec, args.max_memory))
+        return 0
+    runtime.initialize(args.coordinator, args.num_processes, args.process_id)
+    main = runtime.is_main_process()
+    checkpoint = checkpoint_path(out)
+    if main:
+        _check_output(out, args.overwrite)
+        if checkpoint.exists() and not args.resume:
+            raise FileExistsError(
+                f"{str(checkpoint)!r} holds an interrupted run: pass --resume to continue it, "
+                "or delete it to start again"
+            )
+        if args.resume and not checkpoint.exists():
+            print(f"noisydln: no checkpoint {str(checkpoint)!r}: starting afresh", file=sys.stderr)
+    ds = _simulate(
+        spec, quiet=args.quiet or not main, checkpoint=checkpoint, max_memory=args.max_memory
+    )
+    if main:
+        path = results.save(ds, out, overwrite=args.overwrite)
+        checkpoint.unlink(missing_ok=True)
+        print(f"{results.summary(ds)}; saved to {path}")
     return 0
+
+
+def checkpoint_path(out: Path) -> Path:
+    """Where `noisydln run -o OUT` keeps its checkpoint: `OUT.checkpoint`, beside OUT."""
+    return out.with_name(out.name + ".checkpoint")
+
+
+def _dry_run(spec, max_memory: int | None) -> str:
+    """What `run` would do: per grid run the seeds, cells, chunks and memory; nothing runs."""
+    from noisydln.plan import format_bytes
+    from noisydln.results import experiment_plans
+
+    plans = experiment_plans(spec, max_memory=max_memory)
+    lines = [
+        f"{spec.name}: {len(plans)} grid runs, {len(plans)} compiled programs ({spec.run.dtype})"
+    ]
+    for run, plan in plans:
+        c = run.config
+        what = (
+            "GD on L_R (reference)"
+            if run.reference
+            else f"{c.algorithm} ({c.noise or 'gaussian'} noise)"
+        )
+        e, size = plan.estimate, plan.size
+        lines.append(
+            f"  {what}, depth {c.depth}: {size.num_seeds} seeds x {size.cells} cells x "
+            f"{size.num_records} records; {plan.num_chunks} chunk(s) of {plan.chunk_size} seeds "
+            f"over {plan.num_devices} device(s); about {format_bytes(e.device_total)} per device "
+            f"(states {format_bytes(e.states)}, records {format_bytes(e.records)}, moments "
+            f"{format_bytes(e.moments)})"
+        )
+    largest = max(plan.estimate.device_total for _, plan in plans)
+    limit = "" if max_memory is None else f" (--max-memory {format_bytes(max_memory)})"
+    lines.append(f"largest chunk: about {format_bytes(largest)} per device{limit}; fits")
+    return "\n".join(lines)
 
 
 def _plot(args: argparse.Namespace) -> int:

@@ -2,9 +2,11 @@
 
 `run_grid` is the one place that compiles. At every record it folds the trajectories of every
 grid cell into streamed moments (count, mean, m2) inside the compiled scan, so memory does not
-grow with the number of seeds. Seeds run in chunks and, when several local devices exist, each
-chunk is sharded over them; the moments are folded seed after seed in index order by one loop
-body, so the statistics are the same bit for bit whatever the chunk size or device count.
+grow with the number of seeds. Seeds run in chunks and, when several devices exist (those of
+every process in a `jax.distributed` run), each chunk is sharded over them; the moments are
+folded seed after seed in index order by one loop body, so the statistics are the same bit for
+bit whatever the chunk size or device count. After every chunk, `on_chunk` receives a
+`GridState` (the moments so far and the next seed) from which a later call continues exactly.
 
 Common random numbers: seed s draws its noise from `fold_in(key, s)` in every grid cell, so
 cells differ only through sigma / eta / init, not through the noise. Differences between cells
@@ -25,11 +27,10 @@ from jax.sharding import Mesh, PartitionSpec
 from jax.typing import ArrayLike
 
 from noisydln import algorithms, moments
+from noisydln.plan import ChunkPlan, RunSize, check_fits, default_devices, plan_chunks
 from noisydln.problem import Problem
 from noisydln.quantities import record
 from noisydln.simulate import SimConfig, advance, observe, scan_records
-
-_STATE_ELEMENTS_PER_CHUNK = 2**21  # default chunk: at most about 8 MB of float32 parameters
 
 
 class GridResult(NamedTuple):
@@ -70,50 +71,37 @@ def _grid_axis(name: str, values, default: float) -> np.ndarray:
     return array
 
 
-def _default_chunk(num_seeds: int, cells: int, params_size: int) -> int:
-    """Seeds per chunk: all of them, or equal chunks that fit `_STATE_ELEMENTS_PER_CHUNK`."""
-    fit = max(1, _STATE_ELEMENTS_PER_CHUNK // (cells * params_size))
-    num_chunks = -(-num_seeds // fit)
-    return -(-num_seeds // num_chunks)
+class GridState(NamedTuple):
+    """Where a grid run stands: the moments of seeds `0 .. next_seed - 1` (`Moments` with
+    `count: [R, C]`, `mean[name]: [R, C, *shape]`), folded in seed order. A run continued
+    from a `GridState` gives the same numbers, bit for bit, as one that never stopped."""
+
+    moments: moments.Moments
+    next_seed: int
 
 
-def chunk_plan(
-    num_seeds: int, cells: int, params_size: int, chunk_size: int | None, num_devices: int
-) -> tuple[int, int]:
-    """`(seeds per chunk, number of chunks)` that `run_grid` uses.
-
-    The chunk is `chunk_size` (default: all seeds, or equal chunks whose parameters take at
-    most about 8 MB) rounded up to whole blocks of the moment fold on every device.
-    """
-    if chunk_size is None:
-        chunk_size = _default_chunk(num_seeds, cells, params_size)
-    elif (
-        isinstance(chunk_size, bool)
-        or not isinstance(chunk_size, (int, np.integer))
-        or chunk_size < 1
-    ):
-        raise ValueError(f"chunk_size must be a positive integer, got {chunk_size!r}")
-    # whole blocks of the fold on every device: the numbers do not depend on the chunk size,
-    # so rounding it up changes nothing but the padding (at least 16 seeds per device also
-    # keeps Sigma @ beta a matrix product, which XLA would otherwise sum in another order)
-    multiple = moments.BLOCK * num_devices
-    chunk_size = -(-int(chunk_size) // multiple) * multiple
-    return chunk_size, -(-num_seeds // chunk_size)
+def _seed_block(key, first, num_seeds, size, axis_name):
+    """This device's `size` seeds of the chunk starting at seed `first`: their keys `[size]`
+    and whether each is a real seed (`bool [size]`, False for the padding past `num_seeds`)."""
+    offset = first if axis_name is None else first + jax.lax.axis_index(axis_name) * size
+    seeds = offset + jnp.arange(size, dtype=jnp.int32)
+    return jax.vmap(jax.random.fold_in, in_axes=(None, 0))(key, seeds), seeds < num_seeds
 
 
-def _chunk(acc, seed_keys, valid, problem, hyper, params0, *, config, keep, axis_name):
-    """Runs a block of seeds x all cells and folds it into the per-record moments `acc`.
+def _chunk(acc, key, first, num_seeds, problem, hyper, params0, *, config, keep, size, axis_name):
+    """Runs this device's `size` seeds x all cells and folds the chunk into the moments `acc`.
 
     Args:
       acc: `Moments` with `count: [R, C]`, `mean[name]: [R, C, *shape]`.
-      seed_keys: `[c]` keys of this device's seeds; valid: `bool [c]` (False for padding).
+      key: the root key; first: the chunk's first seed; num_seeds: seeds in the run (`[]`).
       hyper: `Hyper` of `[C]` arrays; params0: `[C, depth, d]`.
       axis_name: the mesh axis the seeds are sharded over, or None.
 
     Returns:
-      `(acc, values)`, `values[name]: [R, c, C, *shape]` when `keep`, else None.
+      `(acc, values)`, `values[name]: [R, size, C, *shape]` when `keep`, else None.
     """
     rule = config.rule()
+    seed_keys, valid = _seed_block(key, first, num_seeds, size, axis_name)
     states = jax.vmap(algorithms.init_state, in_axes=(0, None))(params0, config.momentum)
     states = jax.tree.map(lambda x: jnp.broadcast_to(x, valid.shape + x.shape), states)
 
@@ -145,25 +133,128 @@ def _chunk(acc, seed_keys, valid, problem, hyper, params0, *, config, keep, axis
     return scan_records(states, config.record_steps(), advance_all, observe_all, per_record=acc)
 
 
-@functools.partial(jax.jit, static_argnames=("config", "keep", "mesh"))
-def _run_chunk(acc, seed_keys, valid, problem, hyper, params0, *, config, keep, mesh):
+@functools.partial(jax.jit, static_argnames=("config", "keep", "mesh", "chunk_size"))
+def _run_chunk(acc, key, first, num_seeds, problem, hyper, params0, *, config, keep, mesh,
+               chunk_size):  # fmt: skip
+    args = (acc, key, first, num_seeds, problem, hyper, params0)
     if mesh is None:
-        return _chunk(
-            acc, seed_keys, valid, problem, hyper, params0, config=config, keep=keep, axis_name=None
-        )
-    seeds, replicated = PartitionSpec("seeds"), PartitionSpec()
+        return _chunk(*args, config=config, keep=keep, size=chunk_size, axis_name=None)
+    body = functools.partial(
+        _chunk, config=config, keep=keep, size=chunk_size // mesh.size, axis_name="seeds"
+    )
+    replicated = PartitionSpec()
     return jax.shard_map(
-        functools.partial(_chunk, config=config, keep=keep, axis_name="seeds"),
+        body,
         mesh=mesh,
-        in_specs=(replicated, seeds, seeds, replicated, replicated, replicated),
+        in_specs=(replicated,) * len(args),
         out_specs=(replicated, PartitionSpec(None, "seeds") if keep else replicated),
         check_vma=False,
-    )(acc, seed_keys, valid, problem, hyper, params0)
+    )(*args)
 
 
 def _seed_mesh(devices) -> Mesh | None:
     """A 1-D mesh named "seeds" over `devices`, or None for a single device."""
     return Mesh(np.asarray(devices), ("seeds",)) if len(devices) > 1 else None
+
+
+class _Grid(NamedTuple):
+    """A grid run's traced inputs and static sizes, before anything is compiled."""
+
+    axes: tuple[np.ndarray, np.ndarray, np.ndarray]  # sigmas, etas, init scales
+    hyper: algorithms.Hyper  # [C] per cell
+    params0: jax.Array  # [C, depth, d]
+    like: dict  # name -> ShapeDtypeStruct of one record of one trajectory
+    state_elements: int
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return tuple(a.size for a in self.axes)
+
+
+def _set_up(problem, config, sigmas, etas, init_scales) -> _Grid:
+    config.validate_for(problem)
+    dtype = problem.gram.dtype
+    base, default_scale = config.base_init(problem.d, dtype)
+    axes = (
+        _grid_axis("sigmas", sigmas, config.sigma),
+        _grid_axis("etas", etas, config.eta),
+        _grid_axis("init_scales", init_scales, default_scale),
+    )
+    cell_sigma, cell_eta, cell_scale = (
+        jnp.asarray(a.reshape(-1), dtype) for a in np.meshgrid(*axes, indexing="ij")
+    )
+    hyper = algorithms.Hyper(sigma=cell_sigma, eta=cell_eta)
+    one = algorithms.Hyper(cell_sigma[0], cell_eta[0])
+    like = jax.eval_shape(lambda p: record(p, problem, one, config.quantities, next_params=p), base)
+    state = jax.eval_shape(lambda p: algorithms.init_state(p, config.momentum), base)
+    state_elements = sum(math.prod(x.shape) for x in jax.tree.leaves(state))
+    return _Grid(axes, hyper, cell_scale[:, None, None] * base[None], like, state_elements)
+
+
+def _run_size(grid: _Grid, problem, config, num_seeds, keep) -> RunSize:
+    return RunSize(
+        num_seeds=num_seeds,
+        cells=math.prod(grid.shape),
+        num_records=len(config.record_steps()),
+        state_elements=grid.state_elements,
+        record_elements=sum(math.prod(v.shape) for v in grid.like.values()),
+        problem_elements=sum(x.size for x in jax.tree.leaves(problem)),
+        itemsize=problem.gram.dtype.itemsize,
+        keep=bool(keep),
+    )
+
+
+def _check_num_seeds(num_seeds) -> None:
+    if isinstance(num_seeds, bool) or not isinstance(num_seeds, (int, np.integer)) or num_seeds < 1:
+        raise ValueError(f"num_seeds must be a positive integer, got {num_seeds!r}")
+
+
+def _devices(devices, num_seeds) -> list:
+    devices = default_devices(num_seeds) if devices is None else list(devices)
+    if not devices:
+        raise ValueError("devices must name at least one device")
+    return devices
+
+
+def grid_plan(
+    problem: Problem,
+    config: SimConfig,
+    *,
+    num_seeds: int,
+    sigmas: ArrayLike | None = None,
+    etas: ArrayLike | None = None,
+    init_scales: ArrayLike | None = None,
+    chunk_size: int | None = None,
+    keep_trajectories: bool = False,
+    devices=None,
+) -> ChunkPlan:
+    """The `ChunkPlan` `run_grid` would follow with these arguments (chunks, devices, memory
+    estimate), computed without compiling or running anything."""
+    _check_num_seeds(num_seeds)
+    grid = _set_up(problem, config, sigmas, etas, init_scales)
+    size = _run_size(grid, problem, config, num_seeds, keep_trajectories)
+    return plan_chunks(size, chunk_size, len(_devices(devices, num_seeds)))
+
+
+def _empty_state(grid: _Grid, num_records: int) -> GridState:
+    cells = math.prod(grid.shape)
+    template = {k: jnp.zeros((num_records, cells) + v.shape, v.dtype) for k, v in grid.like.items()}
+    return GridState(moments.empty(template, (num_records, cells)), 0)
+
+
+def _check_start(start: GridState, empty: GridState, num_seeds: int) -> GridState:
+    """`start` as arrays of the run's shapes, or a ValueError saying what does not match."""
+    like = jax.tree.map(lambda x: (x.shape, x.dtype), empty.moments)
+    given = jax.tree.map(lambda x: (np.shape(x), np.asarray(x).dtype), start.moments)
+    if jax.tree.structure(like) != jax.tree.structure(given) or like != given:
+        raise ValueError("start: its moments do not have this run's quantities, shapes and dtype")
+    next_seed = start.next_seed
+    if not (0 <= next_seed <= num_seeds) or (next_seed % moments.BLOCK and next_seed != num_seeds):
+        raise ValueError(
+            f"start: next_seed must be a multiple of {moments.BLOCK} in [0, num_seeds], "
+            f"got {next_seed}"
+        )
+    return GridState(jax.tree.map(jnp.asarray, start.moments), int(next_seed))
 
 
 def run_grid(
@@ -178,7 +269,10 @@ def run_grid(
     chunk_size: int | None = None,
     keep_trajectories: bool = False,
     devices=None,
+    max_memory: int | None = None,
     progress: Callable[[int, int], None] | None = None,
+    start: GridState | None = None,
+    on_chunk: Callable[[GridState], None] | None = None,
 ) -> GridResult:
     """Monte Carlo statistics of `num_seeds` trajectories in every cell of a grid.
 
@@ -191,11 +285,20 @@ def run_grid(
       num_seeds: trajectories per cell, >= 1.
       sigmas, etas, init_scales: 1-D grid axes (values >= 0); one value each when not given.
       chunk_size: seeds per compiled call (default: all seeds, or equal chunks whose
-        parameters take at most about 8 MB), rounded up to a multiple of 16 x the number of devices.
+        parameters take at most about 8 MB), rounded up to a multiple of 16 x the number of
+        devices (and to at least 32).
         Any chunk size gives the same numbers.
       keep_trajectories: also return every seed's records (memory grows with num_seeds).
-      devices: devices to shard each chunk's seeds over (default: all local devices).
+      devices: devices to shard each chunk's seeds over (default: every device of every
+        process, `jax.devices()`, but no more than one per 16 seeds).
+      max_memory: bytes a chunk may use per device; before compiling, a chunk estimated to
+        need more (or more than the device has) is refused with a `ValueError` that gives the
+        estimate and a chunk size that fits (see `grid_plan`).
       progress: called as `progress(chunks_done, num_chunks)` after each chunk has finished.
+      start: a `GridState` handed to `on_chunk` by an earlier run with the same arguments:
+        the run continues from it and gives the same numbers as one that never stopped.
+      on_chunk: called with the `GridState` (moments on the host) after every chunk, e.g. to
+        save a checkpoint.
 
     Returns:
       The `GridResult`.
@@ -208,57 +311,49 @@ def run_grid(
       >>> result.mean["beta"].shape, result.steps.tolist()
       ((2, 1, 1, 3, 8), [0, 50, 100])
     """
-    if isinstance(num_seeds, bool) or not isinstance(num_seeds, (int, np.integer)) or num_seeds < 1:
-        raise ValueError(f"num_seeds must be a positive integer, got {num_seeds!r}")
-    config.validate_for(problem)
-    dtype = problem.gram.dtype
-    base, default_scale = config.base_init(problem.d, dtype)
-    sigma_axis = _grid_axis("sigmas", sigmas, config.sigma)
-    eta_axis = _grid_axis("etas", etas, config.eta)
-    scale_axis = _grid_axis("init_scales", init_scales, default_scale)
-    grid_shape = (sigma_axis.size, eta_axis.size, scale_axis.size)
-    cell_sigma, cell_eta, cell_scale = (
-        jnp.asarray(a.reshape(-1), dtype)
-        for a in np.meshgrid(sigma_axis, eta_axis, scale_axis, indexing="ij")
-    )
-    hyper = algorithms.Hyper(sigma=cell_sigma, eta=cell_eta)
-    params0 = cell_scale[:, None, None] * base[None]
-    cells = math.prod(grid_shape)
-
-    devices = jax.local_devices() if devices is None else list(devices)
-    if not devices:
-        raise ValueError("devices must name at least one device")
-    chunk_size, num_chunks = chunk_plan(num_seeds, cells, base.size, chunk_size, len(devices))
+    _check_num_seeds(num_seeds)
+    grid = _set_up(problem, config, sigmas, etas, init_scales)
+    devices = _devices(devices, num_seeds)
+    size = _run_size(grid, problem, config, num_seeds, keep_trajectories)
+    plan = plan_chunks(size, chunk_size, len(devices))
+    check_fits(plan, devices[0], max_memory)
+    state = _empty_state(grid, size.num_records)
+    if start is not None:
+        if keep_trajectories:
+            raise ValueError("start: a run that keeps trajectories cannot be continued")
+        state = _check_start(start, state, num_seeds)
     mesh = _seed_mesh(devices)
-
-    steps = config.record_steps()
-    like = jax.eval_shape(
-        lambda: record(
-            params0[0],
-            problem,
-            algorithms.Hyper(cell_sigma[0], cell_eta[0]),
-            config.quantities,
-            next_params=params0[0],
-        )
-    )
-    acc = moments.empty(
-        {k: jnp.zeros((len(steps), cells) + v.shape, dtype) for k, v in like.items()},
-        (len(steps), cells),
-    )
-    kept = []
-    for index, first in enumerate(range(0, num_seeds, chunk_size)):
-        seeds = jnp.arange(first, first + chunk_size)
-        seed_keys = jax.vmap(jax.random.fold_in, in_axes=(None, 0))(key, seeds)
+    firsts = range(state.next_seed, num_seeds, plan.chunk_size)
+    done_before = plan.num_chunks - len(firsts)
+    acc, kept = state.moments, []
+    for index, first in enumerate(firsts):
         acc, values = _run_chunk(
-            acc, seed_keys, seeds < num_seeds, problem, hyper, params0,
-            config=config.static(), keep=keep_trajectories, mesh=mesh,
+            acc, key, jnp.int32(first), jnp.int32(num_seeds), problem, grid.hyper, grid.params0,
+            config=config.static(), keep=keep_trajectories, mesh=mesh, chunk_size=plan.chunk_size,
         )  # fmt: skip
         if keep_trajectories:
-            kept.append(jax.device_get(values))
+            kept.append(_fetch(values))
+        if on_chunk is not None:
+            on_chunk(GridState(_fetch(acc), min(first + plan.chunk_size, num_seeds)))
         if progress is not None:
             jax.block_until_ready(acc)
-            progress(index + 1, num_chunks)
-    return _assemble(acc, kept, config, grid_shape, (sigma_axis, eta_axis, scale_axis), num_seeds)
+            progress(done_before + index + 1, plan.num_chunks)
+    return _assemble(acc, kept, config, grid.shape, grid.axes, num_seeds)
+
+
+def _fetch(tree):
+    """A pytree of (possibly multi-process) arrays as NumPy arrays on this host."""
+
+    def one(x):
+        if x.is_fully_addressable:
+            return np.asarray(jax.device_get(x))
+        if x.is_fully_replicated:
+            return np.asarray(x.addressable_data(0))
+        from jax.experimental import multihost_utils  # noqa: PLC0415 (multi-process runs only)
+
+        return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+
+    return jax.tree.map(one, tree)
 
 
 def _assemble(total, kept, config, grid_shape, axes, num_seeds) -> GridResult:

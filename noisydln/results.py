@@ -1,6 +1,9 @@
 """Labelled results: `run_experiment(spec) -> xarray.Dataset`, saved to and opened from netCDF.
 
-The Dataset has named dimensions `algorithm, depth, noise, sigma, eta, init_scale, step`
+`run_experiment` plans every grid run of a spec (chunks, devices, memory: refused before
+compiling if a chunk cannot fit), runs them, optionally saving a checkpoint after every chunk
+to continue from (`noisydln.checkpoint`), and assembles the Dataset (`noisydln.dataset`). The
+Dataset has named dimensions `algorithm, depth, noise, sigma, eta, init_scale, step`
 (always kept, length 1 included) and `layer, coord` where a quantity has them. For every
 recorded quantity `q` it holds `q_mean`, `q_sem` (standard error of the mean) and `q_count`
 (finite trajectories), plus `diverged`; beside them the closed-form predictions that exist
@@ -11,52 +14,39 @@ itself (`X`, `y`, `beta_star`) is stored too, so that checks and figures need on
 """
 
 import dataclasses
-import datetime
 import math
-import os
-import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import xarray as xr
 
-from noisydln import theory
+from noisydln import checkpoint as checkpoint_lib
+from noisydln._files import atomic_write
+from noisydln.dataset import CELL_DIMS, build_dataset, noise_label
 from noisydln.experiment import Experiment, build_problem
-from noisydln.grid import GridResult, chunk_plan, run_grid
+from noisydln.grid import GridResult, GridState, grid_plan, run_grid
+from noisydln.plan import ChunkPlan, check_fits
 from noisydln.problem import Problem, problem_from_data
-from noisydln.quantities import DESCRIPTIONS
 from noisydln.simulate import SimConfig
-from noisydln.stats.limits import is_diagonal, predicted_limit
 
-STATIC_DIMS = ("algorithm", "depth", "noise")
-GRID_DIMS = ("sigma", "eta", "init_scale")
-CELL_DIMS = STATIC_DIMS + GRID_DIMS
 REFERENCE_RULES = ("stochastic_sam", "expected_gd")  # rules whose mean follows GD on L_R
 ENGINE = "h5netcdf"
 
 
-def _quantity_dims(name: str, ndim: int) -> tuple[str, ...]:
-    """The named dimensions of one record of a quantity (`imbalance: [layer, coord]`)."""
-    return {0: (), 1: ("coord",), 2: ("layer", "coord")}[ndim]
-
-
-def _noise_label(config: SimConfig) -> str:
-    return config.noise or "gaussian"
-
-
-def _device_description(devices) -> tuple[str, int]:
-    devices = devices or jax.local_devices()
-    return f"{devices[0].device_kind} ({devices[0].platform})", len(devices)
-
-
 def _select_devices(count: int | None):
-    local = jax.local_devices()
     if count is None:
         return None
+    if jax.process_count() > 1:
+        raise ValueError(
+            "run.devices: leave it unset in a run over several processes (every device of "
+            "every process takes part)"
+        )
+    local = jax.local_devices()
     if count > len(local):
         raise ValueError(f"run.devices: {count} devices asked for, {len(local)} available")
     return local[:count]
@@ -71,7 +61,11 @@ def _reference_config(config: SimConfig) -> SimConfig:
 
 
 def run_experiment(
-    spec: Experiment, *, progress: Callable[[int, int], None] | None = None
+    spec: Experiment,
+    *,
+    progress: Callable[[int, int], None] | None = None,
+    checkpoint: str | Path | None = None,
+    max_memory: int | None = None,
 ) -> xr.Dataset:
     """Runs every static combination of `spec` and returns the labelled statistics.
 
@@ -79,6 +73,12 @@ def run_experiment(
       spec: the experiment.
       progress: called as `progress(chunks_done, total_chunks)` after every chunk of seeds,
         over all static combinations (the command line draws its progress bar with it).
+      checkpoint: a file to save where the run stands after every chunk (atomically, see
+        `noisydln.checkpoint`). If it exists, the run continues from it, with the same
+        statistics bit for bit as a run that never stopped; a checkpoint of another spec or
+        noisydln version is refused. It is left complete when the run ends (a second call
+        returns at once); delete it when the results are safe.
+      max_memory: bytes a chunk may use per device (see `run_grid`); checked before compiling.
 
     Returns:
       The Dataset described in this module's docstring; `attrs["spec"]` is the spec as TOML.
@@ -100,237 +100,114 @@ def run_experiment(
       >>> ds["beta_mean"].dims
       ('algorithm', 'depth', 'noise', 'sigma', 'eta', 'init_scale', 'step', 'coord')
     """
-    dtype = {"float32": jnp.float32, "float64": jnp.float64}[spec.run.dtype]
     with jax.enable_x64(spec.run.dtype == "float64"):
-        problem = build_problem(spec, dtype)
-        devices = _select_devices(spec.run.devices)
-        configs = spec.static_configs()
-        for config in configs:
-            config.validate_for(problem)
-        references = {
-            c.depth: _reference_config(c)
-            for c in configs
-            if spec.run.reference and c.algorithm in REFERENCE_RULES
-        }
-        plans = [_num_chunks(spec, problem, c, devices) for c in configs]
-        plans += [1] * len(references)
-        total, done = sum(plans), 0
-
-        def report(offset):
-            return None if progress is None else (lambda i, _n: progress(offset + i, total))
-
+        problem, devices, runs = _prepare(spec)
+        plans = [_plan(spec, problem, run, devices, max_memory) for run in runs]
+        states = _checkpoint_states(checkpoint, spec)
+        total = sum(plan.num_chunks for plan in plans)
         key = jax.random.key(spec.grid.seed)
         start = time.perf_counter()
-        results = []
-        for config, chunks in zip(configs, plans, strict=False):
+        results, done = [], 0
+        for index, (run, plan) in enumerate(zip(runs, plans, strict=True)):
+            resume = {"start": states[index] if index < len(states) else None}
+            if checkpoint is not None:
+                resume["on_chunk"] = _saver(checkpoint, spec, states, index)
+            progress_of_run = _offset(progress, done, total)
             results.append(
-                _run(key, problem, config, spec, spec.grid.num_seeds, devices, report(done))
+                _run(key, problem, run, spec, devices, max_memory, progress_of_run, resume)
             )
-            done += chunks
-        reference_results = {}
-        for depth, config in references.items():
-            reference_results[depth] = _run(key, problem, config, spec, 1, devices, report(done))
-            done += 1
+            done += plan.num_chunks
         wall = time.perf_counter() - start
-        return _to_dataset(spec, problem, configs, results, reference_results, wall, devices)
+        pairs = list(zip(runs, results, strict=True))
+        configs = [run.config for run, _ in pairs if not run.reference]
+        simulated = [result for run, result in pairs if not run.reference]
+        references = {run.config.depth: result for run, result in pairs if run.reference}
+        return build_dataset(spec, problem, configs, simulated, references, wall, devices)
 
 
-def _num_chunks(spec, problem, config, devices) -> int:
-    cells = math.prod(
-        len(axis or (0,)) for axis in (spec.grid.sigmas, spec.grid.etas, spec.grid.init_scales)
-    )
-    num_devices = len(devices or jax.local_devices())
-    return chunk_plan(
-        spec.grid.num_seeds, cells, config.depth * problem.d, spec.grid.chunk_size, num_devices
-    )[1]
+class PlannedRun(NamedTuple):
+    """One grid run of an experiment: a static combination, or GD on L_R (`reference`)."""
+
+    config: SimConfig
+    num_seeds: int
+    reference: bool
 
 
-def _run(key, problem, config, spec, num_seeds, devices, progress) -> GridResult:
+def planned_runs(spec: Experiment, problem: Problem) -> list[PlannedRun]:
+    """The grid runs of `spec`, in the order `run_experiment` runs them: every static
+    combination, then GD on L_R per depth (one seed) where the spec asks for the reference."""
+    configs = spec.static_configs()
+    for config in configs:
+        config.validate_for(problem)
+    references = {
+        c.depth: _reference_config(c)
+        for c in configs
+        if spec.run.reference and c.algorithm in REFERENCE_RULES
+    }
+    return [PlannedRun(c, spec.grid.num_seeds, False) for c in configs] + [
+        PlannedRun(c, 1, True) for c in references.values()
+    ]
+
+
+def _prepare(spec: Experiment):
+    """`(problem, devices, planned runs)` of `spec` (call under the spec's x64 setting)."""
+    dtype = {"float32": jnp.float32, "float64": jnp.float64}[spec.run.dtype]
+    problem = build_problem(spec, dtype)
+    return problem, _select_devices(spec.run.devices), planned_runs(spec, problem)
+
+
+def experiment_plans(spec: Experiment, *, max_memory: int | None = None):
+    """`[(PlannedRun, ChunkPlan)]` of `spec`: chunks, devices and memory estimate of every grid
+    run, without compiling anything (`noisydln run --dry-run` prints them); raises like
+    `run_experiment` if a chunk cannot fit."""
+    with jax.enable_x64(spec.run.dtype == "float64"):
+        problem, devices, runs = _prepare(spec)
+        return [(run, _plan(spec, problem, run, devices, max_memory)) for run in runs]
+
+
+def _grid_arguments(spec: Experiment, run: PlannedRun, devices) -> dict:
     grid = spec.grid
-    return run_grid(
-        key, problem, config, num_seeds=num_seeds, sigmas=grid.sigmas, etas=grid.etas,
-        init_scales=grid.init_scales, chunk_size=grid.chunk_size if num_seeds > 1 else None,
-        devices=devices, progress=progress,
+    return dict(
+        num_seeds=run.num_seeds, sigmas=grid.sigmas, etas=grid.etas, init_scales=grid.init_scales,
+        chunk_size=grid.chunk_size if run.num_seeds > 1 else None, devices=devices,
     )  # fmt: skip
 
 
-# ---------------------------------------------------------------- assembling the Dataset
+def _plan(spec, problem, run: PlannedRun, devices, max_memory) -> ChunkPlan:
+    """The run's `ChunkPlan`, refused now (before anything compiles) if a chunk cannot fit."""
+    plan = grid_plan(problem, run.config, **_grid_arguments(spec, run, devices))
+    check_fits(plan, (devices or jax.devices())[0], max_memory)
+    return plan
 
 
-def _stack(per_combo: list[np.ndarray], shape: tuple[int, ...], fill=np.nan) -> np.ndarray:
-    """Stacks `[S, E, I, R, *shape_c]` arrays of the static combinations into
-    `[A, L, N, S, E, I, R, *shape]`, NaN-padding a smaller `layer` axis."""
-    out = np.full((len(per_combo),) + shape, fill, dtype=per_combo[0].dtype)
-    for i, array in enumerate(per_combo):
-        out[(i,) + tuple(slice(0, n) for n in array.shape)] = array
-    return out
+def _run(key, problem, run: PlannedRun, spec, devices, max_memory, progress, resume: dict):
+    return run_grid(
+        key, problem, run.config, max_memory=max_memory, progress=progress,
+        **_grid_arguments(spec, run, devices), **resume,
+    )  # fmt: skip
 
 
-def _to_dataset(spec, problem, configs, results, references, wall, devices) -> xr.Dataset:
-    algorithms = list(dict.fromkeys(c.algorithm for c in configs))
-    depths = list(dict.fromkeys(c.depth for c in configs))
-    noises = list(dict.fromkeys(_noise_label(c) for c in configs))
-    static_shape = (len(algorithms), len(depths), len(noises))
-    first = results[0]
-    steps = first.steps
-    max_layers = max(depths) - 1
-    coords = {
-        "algorithm": algorithms,
-        "depth": depths,
-        "noise": noises,
-        "sigma": first.sigmas,
-        "eta": first.etas,
-        "init_scale": first.init_scales,
-        "step": steps,
-        "layer": np.arange(2, max_layers + 2),
-        "coord": np.arange(problem.d),
-        "time": (("eta", "step"), first.etas[:, None] * steps[None, :]),
-    }
-    order = [
-        (algorithms.index(c.algorithm), depths.index(c.depth), noises.index(_noise_label(c)))
-        for c in configs
-    ]
-    data = {}
-    for name in first.mean:
-        per = [_grid_arrays(r, name) for r in results]
-        inner = max(p[0].shape[4:] for p in per)  # the deepest network's shape
-        dims = CELL_DIMS + ("step",) + _quantity_dims(name, len(inner))
-        full = (len(first.sigmas), len(first.etas), len(first.init_scales), len(steps)) + inner
-        for which, suffix in enumerate(("mean", "sem")):
-            stacked = _stack([p[which] for p in per], full)
-            data[f"{name}_{suffix}"] = (dims, _place(stacked, order, static_shape))
-        counts = _stack([p[2] for p in per], full[:4], fill=0).astype(np.int64)
-        data[f"{name}_count"] = (CELL_DIMS + ("step",), _place(counts, order, static_shape))
-        shape, meaning = DESCRIPTIONS[name]
-        for suffix in ("mean", "sem"):
-            data[f"{name}_{suffix}"] += (
-                {"long_name": f"{suffix} over seeds of {meaning}", "shape": shape},
-            )
-    diverged = np.stack([np.asarray(r.diverged) for r in results])
-    data["diverged"] = (CELL_DIMS, _place(diverged, order, static_shape))
-    data.update(_reference_variables(references, depths, first, max_layers))
-    theory_vars = _theory_variables(problem, configs, depths, first, steps, max_layers)
-    run_dtype = np.asarray(problem.gram).dtype  # in the run's precision, like every other variable
-    data.update({k: (dims, v.astype(run_dtype), a) for k, (dims, v, a) in theory_vars.items()})
-    data.update(_problem_variables(problem))
-    ds = xr.Dataset(data, coords=coords)
-    device_kind, device_count = _device_description(devices)
-    from noisydln import __version__  # noqa: PLC0415 (the package imports this module)
-
-    ds.attrs = {
-        "title": spec.name,
-        "spec": spec.to_toml(),
-        "noisydln_version": __version__,
-        "jax_version": jax.__version__,
-        "device_kind": device_kind,
-        "device_count": device_count,
-        "wall_seconds": wall,
-        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-        "num_seeds": spec.grid.num_seeds,
-        "dtype": spec.run.dtype,
-        "diagonal_design": int(is_diagonal(problem)),
-        "conventions": "loss (1/n)||y - X beta||^2; time = eta * step; imbalance = w_l^2 - w_1^2; "
-        "sem = sqrt(var / count); theory in docs/theory.md",
-    }
-    return ds
+def _offset(progress, done: int, total: int):
+    """`progress` for one grid run: its chunks counted after the `done` chunks of earlier runs."""
+    return None if progress is None else (lambda i, _n: progress(done + i, total))
 
 
-def _grid_arrays(result: GridResult, name: str):
-    mean = np.asarray(result.mean[name])
-    count = np.asarray(result.count[name])
-    with np.errstate(invalid="ignore", divide="ignore"):
-        sem = np.sqrt(np.asarray(result.var[name]) / count)
-    per_record = count.reshape(count.shape[:4] + (-1,))[..., 0]
-    return mean, sem, per_record
+def _checkpoint_states(path, spec: Experiment) -> list[GridState]:
+    if path is None or not Path(path).exists():
+        return []
+    return checkpoint_lib.load(path, spec)
 
 
-def _place(stacked: np.ndarray, order, static_shape) -> np.ndarray:
-    """`[combos, ...]` -> `[A, L, N, ...]` (NaN / 0 where a combination was not run)."""
-    fill = 0 if np.issubdtype(stacked.dtype, np.integer) else np.nan
-    out = np.full(static_shape + stacked.shape[1:], fill, dtype=stacked.dtype)
-    for i, index in enumerate(order):
-        out[index] = stacked[i]
-    return out
+def _saver(path, spec: Experiment, states: list[GridState], index: int):
+    """`on_chunk` of grid run `index`: records its state and saves every run's (process 0)."""
 
+    def on_chunk(state: GridState) -> None:
+        del states[index:]
+        states.append(state)
+        if jax.process_index() == 0:
+            checkpoint_lib.save(path, spec, states)
 
-def _reference_variables(references, depths, first, max_layers) -> dict:
-    """`q_gd_LR[depth, sigma, eta, init_scale, step, ...]`: GD on L_R from the same start."""
-    if not references:
-        return {}
-    names = next(iter(references.values())).mean
-    out = {}
-    for name in names:
-        per = {d: np.asarray(r.mean[name]) for d, r in references.items()}
-        inner = max(a.shape[4:] for a in per.values())
-        shape = (len(depths),) + next(iter(per.values())).shape[:4] + inner
-        array = np.full(shape, np.nan, dtype=next(iter(per.values())).dtype)
-        for depth, values in per.items():
-            array[(depths.index(depth),) + tuple(slice(0, n) for n in values.shape)] = values
-        dims = ("depth",) + GRID_DIMS + ("step",) + _quantity_dims(name, len(inner))
-        meaning = DESCRIPTIONS[name][1]
-        out[f"{name}_gd_LR"] = (
-            dims,
-            array,
-            {"long_name": f"GD on L_R from the same start: {meaning}"},
-        )
-    return out
-
-
-def _theory_variables(problem, configs, depths, first, steps, max_layers) -> dict:
-    """Closed forms where they exist (docs/theory.md s2-s4); NaN where none is known."""
-    sigmas, etas, scales = first.sigmas, first.etas, first.init_scales
-    d = problem.d
-    limit = np.full((len(depths), len(sigmas), len(scales), d), np.nan)
-    trace_min = np.full(limit.shape[:3], np.nan)
-    sharpness_min = np.full(limit.shape[:3], np.nan)
-    flow = np.full(
-        (len(depths), len(sigmas), len(etas), len(scales), len(steps), max_layers, d), np.nan
-    )
-    thresholds = np.zeros((len(depths), len(sigmas)))
-    diag = np.asarray(problem.gram_diag, dtype=float)
-    for a, depth in enumerate(depths):
-        config = next(c for c in configs if c.depth == depth)
-        base, _ = config.base_init(d, problem.gram.dtype)
-        base = np.asarray(base, dtype=float)
-        for i, sigma in enumerate(sigmas):
-            thresholds[a, i] = float(theory.threshold(sigma, depth))
-            for k, scale in enumerate(scales):
-                init = base * scale
-                try:
-                    beta = predicted_limit(problem, float(sigma), depth, init)
-                except ValueError:  # depth >= 3 on a general design: no closed form
-                    continue
-                limit[a, i, k] = beta
-                beta_j = jnp.asarray(beta, problem.gram.dtype)
-                trace_min[a, i, k] = float(theory.min_hessian_trace(beta_j, problem, depth))
-                sharpness_min[a, i, k] = float(
-                    theory.min_average_sharpness(beta_j, problem, sigma, depth)
-                )
-                if depth == 2:  # Delta(t) = Delta(0) exp(-4 sigma^2 D_i t), t = eta * step
-                    start = init[1] ** 2 - init[0] ** 2
-                    times = etas[:, None] * steps[None, :]
-                    flow[a, i, :, k, :, 0] = start * np.exp(-4 * sigma**2 * diag * times[..., None])
-    return {
-        "beta_limit": (("depth", "sigma", "init_scale", "coord"), limit,
-                       {"long_name": "closed-form limit of beta (shrinkage-thresholding, basin rule, or weighted lasso)"}),
-        "threshold": (("depth", "sigma"), thresholds, {"long_name": "threshold of |z| below which the limit is 0"}),
-        "imbalance_flow": (("depth", "sigma", "eta", "init_scale", "step", "layer", "coord"), flow,
-                           {"long_name": "gradient-flow prediction Delta_0 exp(-4 sigma^2 D_i t) of the mean imbalance (depth 2)"}),
-        "hessian_trace_min_at_limit": (("depth", "sigma", "init_scale"), trace_min,
-                                       {"long_name": "least Hessian trace over factorisations of the limit"}),
-        "sharpness_min_at_limit": (("depth", "sigma", "init_scale"), sharpness_min,
-                                   {"long_name": "least average sharpness over factorisations of the limit"}),
-    }  # fmt: skip
-
-
-def _problem_variables(problem: Problem) -> dict:
-    return {
-        "X": (("sample", "coord"), np.asarray(problem.X), {"long_name": "design"}),
-        "y": (("sample",), np.asarray(problem.y), {"long_name": "labels"}),
-        "beta_star": (("coord",), np.asarray(problem.beta_star), {"long_name": "teacher (NaN if unknown)"}),
-        "z": (("coord",), np.asarray(theory.diagonal_target(problem)),
-              {"long_name": "per-coordinate target b_i / Sigma_ii"}),
-    }  # fmt: skip
+    return on_chunk
 
 
 # ---------------------------------------------------------------- back to the engine's types
@@ -359,7 +236,7 @@ def grid_results(ds: xr.Dataset) -> list[tuple[dict, GridResult, SimConfig]]:
         labels = {
             "algorithm": config.algorithm,
             "depth": config.depth,
-            "noise": _noise_label(config),
+            "noise": noise_label(config),
         }
         if any(value not in ds[dim].values for dim, value in labels.items()):
             continue  # selected away
@@ -431,16 +308,7 @@ def save(ds: xr.Dataset, path: str | Path, *, overwrite: bool = False) -> Path:
         raise FileExistsError(
             f"{str(path)!r} exists; pass overwrite=True (--overwrite) to replace it"
         )
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
-    os.close(handle)
-    try:
-        ds.to_netcdf(temporary, mode="w", engine=ENGINE)
-        os.replace(temporary, path)
-    finally:
-        if os.path.exists(temporary):
-            os.remove(temporary)
-    return path
+    return atomic_write(path, lambda temporary: ds.to_netcdf(temporary, mode="w", engine=ENGINE))
 
 
 def load(path: str | Path) -> xr.Dataset:

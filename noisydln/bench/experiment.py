@@ -71,13 +71,7 @@ def bare_calls(spec) -> tuple:
     dtype = {"float32": jnp.float32, "float64": jnp.float64}[spec.run.dtype]
     with jax.enable_x64(spec.run.dtype == "float64"):
         problem = build_problem(spec, dtype)
-    configs = spec.static_configs()
-    references = {
-        c.depth: results._reference_config(c)
-        for c in configs
-        if c.algorithm in results.REFERENCE_RULES
-    }
-    calls = [(c, spec.grid.num_seeds) for c in configs] + [(c, 1) for c in references.values()]
+        calls = [(run.config, run.num_seeds) for run in results.planned_runs(spec, problem)]
     devices = results._select_devices(spec.run.devices)
     return jax.random.key(spec.grid.seed), problem, devices, calls
 
