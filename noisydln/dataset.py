@@ -37,7 +37,7 @@ def noise_label(config: SimConfig) -> str:
 
 
 def _device_description(devices) -> tuple[str, int]:
-    devices = devices or jax.local_devices()
+    devices = devices or jax.devices()
     return f"{devices[0].device_kind} ({devices[0].platform})", len(devices)
 
 
@@ -116,6 +116,7 @@ def build_dataset(spec, problem, configs, results, references, wall, devices) ->
         "jax_version": jax.__version__,
         "device_kind": device_kind,
         "device_count": device_count,
+        "process_count": jax.process_count(),
         "wall_seconds": wall,
         "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "num_seeds": spec.grid.num_seeds,
