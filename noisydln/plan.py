@@ -22,6 +22,7 @@ STEP_TEMPORARIES = (
     6  # live copies of a state inside one step (noise, perturbed point, gradient, ...)
 )
 RECORD_TEMPORARIES = 3  # live copies of the recorded values (values, gathered, folded blocks)
+KEPT_COPIES = 2  # kept records on the device: the scan's output, then with the first record
 HOST_COPIES = 2  # kept trajectories on the host: the chunks, then their concatenation
 MIN_BLOCKS = 2  # blocks of the fold per chunk, at least (see `round_chunk`)
 FIT_FRACTION = 0.9  # of a device's memory a chunk may plan to use
@@ -145,7 +146,7 @@ def estimate_memory(size: RunSize, chunk_size: int, num_devices: int) -> MemoryE
     per_device = chunk_size // num_devices
     record_bytes = size.cells * size.record_elements * size.itemsize
     moment_bytes = size.num_records * (2 * size.cells * size.record_elements + size.cells)
-    kept = per_device * size.num_records * record_bytes if size.keep else 0
+    kept = KEPT_COPIES * per_device * size.num_records * record_bytes if size.keep else 0
     host_kept = HOST_COPIES * size.num_seeds * size.num_records * record_bytes
     return MemoryEstimate(
         states=STEP_TEMPORARIES * per_device * size.cells * size.state_elements * size.itemsize,

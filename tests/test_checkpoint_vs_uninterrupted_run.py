@@ -156,7 +156,9 @@ def test_saved_state_vs_loaded_state_bits(spec, tmp_path):
     path = checkpoint.save(tmp_path / "c", spec, [state, state])
     loaded = checkpoint.load(path, spec)
     assert len(loaded) == 2 and loaded[1].next_seed == 32
-    for a, b in zip(jax.tree.leaves(state.moments), jax.tree.leaves(loaded[0].moments), strict=True):
+    for a, b in zip(
+        jax.tree.leaves(state.moments), jax.tree.leaves(loaded[0].moments), strict=True
+    ):
         assert np.asarray(a).tobytes() == np.asarray(b).tobytes()
     assert oct(path.stat().st_mode & 0o777) == oct(0o666 & ~_umask())  # not a private temp file
 

@@ -69,15 +69,26 @@ def test_two_processes_vs_one_process_with_as_many_devices(tmp_path):
     shared, alone = tmp_path / "two" / "out.nc", tmp_path / "one" / "out.nc"
     workers = [
         _start(
-            ["run", str(spec), "-o", str(shared), "-q", "--coordinator", address,
-             "--num-processes", "2", "--process-id", str(i)],
+            [
+                "run",
+                str(spec),
+                "-o",
+                str(shared),
+                "-q",
+                "--coordinator",
+                address,
+                "--num-processes",
+                "2",
+                "--process-id",
+                str(i),
+            ],
             devices=2,
         )  # fmt: skip
         for i in range(2)
     ]
     single = _start(["run", str(spec), "-o", str(alone), "-q"], devices=4)
     outputs = [p.communicate(timeout=400) for p in [*workers, single]]
-    for process, (stdout, stderr) in zip([*workers, single], outputs, strict=True):
+    for process, (_, stderr) in zip([*workers, single], outputs, strict=True):
         assert process.returncode == 0, stderr[-3000:]
     assert "saved to" in outputs[0][0] and "saved to" not in outputs[1][0]  # only process 0 writes
     assert sorted(p.name for p in shared.parent.iterdir()) == ["out.nc"]
