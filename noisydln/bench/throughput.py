@@ -5,8 +5,10 @@ w_1 = 0.5, w_2 = 0.25, 8 sigmas in linspace(0, 0.3, 8), 1024 seeds each, 2000 st
 every 10, float32. Every measurement runs in its own process (its own peak memory, no shared
 thread pools). Usage: `noisydln bench --suite throughput`, `python -m noisydln.bench.throughput`
 or `python benchmarks/throughput.py` (`--quick` for a small smoke run, `--json FILE` to save the
-numbers). On a CPU the JAX engine shards seeds over one XLA host device per core unless
-`--devices` says otherwise; on a GPU it runs unchanged.
+numbers). The JAX engine runs with default settings, as a user gets it (on a CPU, noisydln asks
+for one XLA host device per core), unless `--devices N` sets the host device count; the run
+also measures 1 and one-per-core host devices set explicitly, and W1 in chunks of 128 seeds
+with and without a checkpoint saved after every chunk. On a GPU it runs unchanged.
 """
 
 import argparse
@@ -84,9 +86,15 @@ def worker_jax(args) -> dict:
         num_steps=args.steps, record_every=args.record_every, eta=0.01, init=init
     )
 
+    options = {"chunk_size": args.chunk_size} if args.chunk_size else {}
+    if args.checkpoint:
+        options["on_chunk"] = _checkpoint_saver()
+
     def run(key):
         start = time.perf_counter()
-        result = noisydln.run_grid(key, problem, config, num_seeds=args.seeds, sigmas=sigmas)
+        result = noisydln.run_grid(
+            key, problem, config, num_seeds=args.seeds, sigmas=sigmas, **options
+        )
         jax.block_until_ready(result.mean)
         return time.perf_counter() - start, result
 
@@ -108,6 +116,17 @@ def worker_jax(args) -> dict:
         "loss_var": np.asarray(result.var["loss"][:, 0, 0, -1]).tolist(),
         "diverged": int(result.diverged.sum()),
     }
+
+
+def _checkpoint_saver():
+    """`on_chunk` that saves a checkpoint after every chunk, as `noisydln run` does."""
+    import tempfile
+
+    from noisydln import checkpoint, experiment
+
+    path = Path(tempfile.mkdtemp()) / "w1.checkpoint"
+    spec = experiment.example()  # only hashed
+    return lambda state: checkpoint.save(path, spec, [state])
 
 
 def worker_numpy(args, method: str) -> dict:
@@ -139,8 +158,12 @@ def spawn(args, method: str, **overrides) -> dict:
     """Runs one measurement in a fresh Python process and returns its JSON report."""
     settings = vars(args) | overrides
     argv = ["--worker", method]
-    for name in ("seeds", "steps", "record_every", "sigmas", "loop_seeds", "repeats", "devices"):
-        argv += [f"--{name.replace('_', '-')}", str(settings[name])]
+    for name in ("seeds", "steps", "record_every", "sigmas", "loop_seeds", "repeats", "devices",
+                 "chunk_size"):  # fmt: skip
+        if settings[name] is not None:
+            argv += [f"--{name.replace('_', '-')}", str(settings[name])]
+    if settings["checkpoint"]:
+        argv.append("--checkpoint")
     return run_worker(WORKER_MODULE, argv)
 
 
@@ -153,7 +176,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--sigmas", type=int, default=8)
     parser.add_argument("--loop-seeds", type=int, default=4, help="seeds the per-seed loop runs")
     parser.add_argument("--repeats", type=int, default=2, help="steady-state repeats (best kept)")
-    parser.add_argument("--devices", type=int, default=os.cpu_count(), help="XLA host devices")
+    parser.add_argument(
+        "--devices", type=int, help="XLA host devices (default: noisydln's, one per core)"
+    )
+    parser.add_argument("--chunk-size", type=int, help="seeds per compiled call (worker)")
+    parser.add_argument("--checkpoint", action="store_true", help="save after every chunk (worker)")
     parser.add_argument("--scaling", default="64,256,1024,4096,16384", help="seed counts")
     parser.add_argument("--scaling-steps", type=int, default=200)
     parser.add_argument("--quick", action="store_true", help="a small smoke run")
@@ -219,7 +246,36 @@ def benchmark(args: argparse.Namespace) -> dict:
         print(
             f"  {seeds:6d} seeds: {rate / 1e6:7.3f} M traj-steps/s (compile {report['compile_seconds']:.2f} s, peak {report['memory_mb']:.0f} MB)"
         )
-    return {"w1": reports, "scaling": scaling}
+    return {"w1": reports, "scaling": scaling, "devices": device_settings(args, reports[0]),
+            "checkpoint": checkpoint_cost(args)}  # fmt: skip
+
+
+def device_settings(args, default: dict) -> list[dict]:
+    """W1 with default settings against 1 and one-per-core XLA host devices set explicitly."""
+    from noisydln.runtime import available_cores
+
+    counts = sorted({1, available_cores()})
+    reports = [default] + [spawn(args, "jax", devices=count) for count in counts]
+    best = min(r["seconds"] for r in reports)
+    labels = ["default settings"] + [f"--devices {count}" for count in counts]
+    print("\nW1 by XLA host device setting (steady seconds; ratio to the fastest):")
+    for label, report in zip(labels, reports, strict=True):
+        report["setting"], report["ratio_to_best"] = label, report["seconds"] / best
+        print(
+            f"  {label:18s} {report['device'][:32]:32s} {report['seconds']:8.2f} s  x{report['seconds'] / best:.2f}"
+        )
+    return reports
+
+
+def checkpoint_cost(args) -> list[dict]:
+    """W1 in chunks of 128 seeds, without and with a checkpoint saved after every chunk."""
+    reports = [spawn(args, "jax", chunk_size=128, checkpoint=c) for c in (False, True)]
+    ratio = reports[1]["seconds"] / reports[0]["seconds"]
+    print(
+        f"\nW1 in chunks of 128 seeds: {reports[0]['seconds']:.2f} s without checkpoints, "
+        f"{reports[1]['seconds']:.2f} s with one after every chunk (x{ratio:.3f})"
+    )
+    return reports
 
 
 def main(argv: list[str] | None = None) -> int:
