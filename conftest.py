@@ -1,6 +1,7 @@
 """Strict test configuration for tests and doctests: float64, no implicit rank promotion, one key."""
 
 import jax
+import jax.numpy as jnp
 import pytest
 
 jax.config.update("jax_enable_x64", True)
@@ -11,3 +12,28 @@ jax.config.update("jax_numpy_rank_promotion", "raise")
 def key():
     """The one root key of the test suite; tests split it, never search for a passing seed."""
     return jax.random.key(20250314)
+
+
+def _xla_chunk_bytes(problem, config, *, num_seeds, sigmas, keep, devices):
+    """`(ChunkPlan, bytes per device XLA allocates for one chunk: arguments + outputs +
+    temporaries - aliased)` from the compiled chunk's memory analysis."""
+    from noisydln import grid, plan
+
+    setup = grid._set_up(problem, config, sigmas, None, None)
+    size = grid._run_size(setup, problem, config, num_seeds, keep)
+    chunk_plan = plan.plan_chunks(size, None, len(devices))
+    state = grid._empty_state(setup, size.num_records)
+    compiled = grid._run_chunk.lower(
+        state.moments, jax.random.key(0), jnp.int32(0), jnp.int32(num_seeds), problem,
+        setup.hyper, setup.params0, config=config.static(), keep=keep,
+        mesh=grid._seed_mesh(devices), chunk_size=chunk_plan.chunk_size,
+    ).compile()  # fmt: skip
+    m = compiled.memory_analysis()
+    used = m.argument_size_in_bytes + m.output_size_in_bytes + m.temp_size_in_bytes
+    return chunk_plan, used - m.alias_size_in_bytes
+
+
+@pytest.fixture
+def xla_chunk_bytes():
+    """XLA's memory analysis of one compiled chunk of `run_grid` (see `_xla_chunk_bytes`)."""
+    return _xla_chunk_bytes

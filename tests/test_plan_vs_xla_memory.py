@@ -5,7 +5,6 @@ import contextlib
 import io
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -17,22 +16,6 @@ from noisydln import grid as grid_lib
 LOWER, UPPER = 1.0, 3.0
 
 
-def _xla_bytes(problem, config, *, num_seeds, sigmas, keep, devices) -> tuple[plan.ChunkPlan, int]:
-    """`(plan, bytes per device XLA allocates for one chunk: arguments + outputs + temporaries)`."""
-    grid = grid_lib._set_up(problem, config, sigmas, None, None)
-    size = grid_lib._run_size(grid, problem, config, num_seeds, keep)
-    chunk_plan = plan.plan_chunks(size, None, len(devices))
-    state = grid_lib._empty_state(grid, size.num_records)
-    compiled = grid_lib._run_chunk.lower(
-        state.moments, jax.random.key(0), jnp.int32(0), jnp.int32(num_seeds), problem,
-        grid.hyper, grid.params0, config=config.static(), keep=keep,
-        mesh=grid_lib._seed_mesh(devices), chunk_size=chunk_plan.chunk_size,
-    ).compile()  # fmt: skip
-    m = compiled.memory_analysis()
-    used = m.argument_size_in_bytes + m.output_size_in_bytes + m.temp_size_in_bytes
-    return chunk_plan, used - m.alias_size_in_bytes
-
-
 @pytest.mark.parametrize(
     "n,d,depth,algorithm,sigmas,seeds,keep,devices",
     [
@@ -41,7 +24,9 @@ def _xla_bytes(problem, config, *, num_seeds, sigmas, keep, devices) -> tuple[pl
         (50, 20, 2, "minibatch_sgd", 4, 512, False, 1),
     ],
 )
-def test_estimate_vs_xla_memory_analysis(key, n, d, depth, algorithm, sigmas, seeds, keep, devices):
+def test_estimate_vs_xla_memory_analysis(
+    key, xla_chunk_bytes, n, d, depth, algorithm, sigmas, seeds, keep, devices
+):
     if len(jax.devices()) < devices:
         pytest.skip(f"needs {devices} devices")
     problem = noisydln.make_problem(key, n, d, k=2)
@@ -49,7 +34,7 @@ def test_estimate_vs_xla_memory_analysis(key, n, d, depth, algorithm, sigmas, se
     config = noisydln.SimConfig(
         algorithm=algorithm, depth=depth, num_steps=40, record_every=4, **options
     )
-    chunk_plan, xla = _xla_bytes(
+    chunk_plan, xla = xla_chunk_bytes(
         problem, config, num_seeds=seeds, sigmas=np.linspace(0.1, 0.3, sigmas), keep=keep,
         devices=jax.devices()[:devices],
     )  # fmt: skip

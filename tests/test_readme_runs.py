@@ -46,3 +46,32 @@ def test_every_cited_path_exists(cited):
     assert (ROOT / cited.rstrip(".")).exists(), (
         f"README cites {cited}, which is not in the repository"
     )
+
+
+SHELL_BLOCKS = re.findall(r"```bash\n(.*?)```", README, flags=re.DOTALL)
+COMMANDS = [
+    line.split("noisydln ", 1)[1].split("&&")[0].split()
+    for block in SHELL_BLOCKS
+    for line in block.splitlines()
+    if re.search(r"(^|/| )noisydln ", line) and not line.lstrip().startswith("#")
+]
+
+
+def test_readme_shell_blocks_are_valid_bash(tmp_path):
+    import subprocess
+
+    for i, block in enumerate(SHELL_BLOCKS):
+        script = tmp_path / f"block{i}.sh"
+        script.write_text(block)
+        assert subprocess.run(["bash", "-n", str(script)]).returncode == 0, block
+
+
+@pytest.mark.parametrize("argv", COMMANDS, ids=[" ".join(c) for c in COMMANDS])
+def test_readme_noisydln_commands_parse(argv):
+    """The commands the README shows but this machine cannot run (a cluster, a GPU) name only
+    options that exist."""
+    from noisydln import cli
+
+    argv = [a.replace("N", "2").replace("i", "0") if a in ("N", "i") else a for a in argv]
+    args, rest = cli.build_parser().parse_known_args(argv)
+    assert not rest or args.command == "bench", rest
