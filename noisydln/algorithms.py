@@ -24,10 +24,11 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
+from noisydln import _checks, theory
 from noisydln import noise as noise_lib
-from noisydln import theory
 from noisydln.model import end_to_end, grad, products_except_one
 from noisydln.problem import Problem
 
@@ -176,10 +177,13 @@ def minibatch_sgd(
     problem: Problem,
     hyper: Hyper,
     *,
-    batch_size: int = 32,
+    batch_size: int,
     momentum: float = 0.0,
 ) -> TrainState:
-    """SGD on `batch_size` rows of X drawn without replacement each step; `sigma` is not used."""
+    """SGD on `batch_size` rows of X drawn without replacement each step; `sigma` is not used.
+
+    `batch_size` has no default: bind it with `get_rule("minibatch_sgd", batch_size=...)`.
+    """
     rows = jax.random.choice(key, problem.n, (batch_size,), replace=False)
     X, y = problem.X[rows], problem.y[rows]
     beta = end_to_end(state.params)
@@ -214,18 +218,35 @@ def get_rule(name: str, **options) -> Rule:
       >>> rule.func.__name__, rule.keywords
       ('stochastic_sam', {'noise': 'rademacher'})
     """
-    if name not in RULES:
-        raise ValueError(f"algorithm must be one of {sorted(RULES)}, got {name!r}")
+    if not isinstance(name, str) or name not in RULES:
+        raise ValueError(f"algorithm must be one of {sorted(RULES)}, got {_checks.describe(name)}")
     allowed = OPTIONS.get(name, ("momentum",))
     unknown = sorted(set(options) - set(allowed))
     if unknown:
         raise ValueError(f"algorithm {name!r} takes the options {allowed}, got unknown {unknown}")
     if "noise" in options:
+        if not isinstance(options["noise"], str):
+            raise ValueError(
+                f"noise must be one of {sorted(noise_lib.SAMPLERS)}, got "
+                f"{_checks.describe(options['noise'])}"
+            )
         noise_lib.get_sampler(options["noise"])
+    if "batch_size" in allowed and "batch_size" not in options:
+        raise ValueError(
+            f"batch_size must be given for algorithm {name!r}: the number of rows drawn per step"
+        )
     if "batch_size" in options:
         batch_size = options["batch_size"]
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-            raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
-    if options.get("momentum", 0.0) and not 0 <= options["momentum"] < 1:
-        raise ValueError(f"momentum must be in [0, 1), got {options['momentum']!r}")
+        if (
+            isinstance(batch_size, bool)
+            or not isinstance(batch_size, (int, np.integer))
+            or batch_size < 1
+        ):
+            raise ValueError(
+                f"batch_size must be a positive integer, got {_checks.describe(batch_size)}"
+            )
+    if "momentum" in options:
+        momentum = _checks.as_float("momentum", options["momentum"], minimum=0.0)
+        if not momentum < 1:
+            raise ValueError(f"momentum must be in [0, 1), got {options['momentum']!r}")
     return functools.partial(RULES[name], **options)

@@ -22,6 +22,7 @@ from noisydln.simulate import SimConfig
 
 DTYPES = ("float32", "float64")
 _MAX_SEEDS = 2**31 - 1  # seed indices are folded into keys as int32
+_MAX_STEPS = 2**31 - 1  # step indices (and depths, sizes) are int32 inside compiled loops
 _MAX_KEY_SEED = 2**32 - 1  # jax.random.key keeps 32 bits without x64 (float32 runs)
 
 
@@ -57,7 +58,11 @@ def _int(path, value, low=None, high=None):
 
 
 def _float(path, value, low=None, below=None):
-    if not _is_number(value) or not math.isfinite(value):
+    try:
+        finite = _is_number(value) and math.isfinite(value)
+    except OverflowError:  # an integer too large for a float
+        finite = False
+    if not finite:
         raise _fail(path, "a finite number", value)
     if low is not None and value < low:
         raise _fail(path, f">= {low:g}", value)
@@ -100,18 +105,18 @@ def _init(path, value):
 
 
 def _values(path, value):
-    if value == "gaussian":
+    if isinstance(value, str) and value == "gaussian":
         return value
     return _number_or_list(path, value)
 
 
 def _unknown(path: str, given: dict, known) -> None:
-    unknown = sorted(set(given) - set(known))
+    unknown = sorted(set(given) - set(known), key=str)
     if unknown:
         where = f"{path}." if path else ""
-        raise SpecError(
-            f"{where}{unknown[0]}: unknown key; expected one of {', '.join(sorted(known))}"
-        )
+        key = unknown[0]
+        key = key if isinstance(key, str) and key.isprintable() else repr(key)  # one line
+        raise SpecError(f"{where}{key}: unknown key; expected one of {', '.join(sorted(known))}")
 
 
 def _check_fields(section, path: str) -> None:
@@ -195,7 +200,7 @@ class GridSpec:
         "init_scales": lambda p, v: _list(p, v, lambda q, x: _float(q, x, 0.0)),
         "chunk_size": lambda p, v: _int(p, v, 1, _MAX_SEEDS),
         "seed": lambda p, v: _int(p, v, 0, _MAX_KEY_SEED),
-        "depths": lambda p, v: _list(p, v, lambda q, x: _int(q, x, 2)),
+        "depths": lambda p, v: _list(p, v, lambda q, x: _int(q, x, 2, _MAX_STEPS)),
         "algorithms": lambda p, v: _list(p, v, lambda q, x: _choice(q, x, algorithms.RULES)),
         "noises": lambda p, v: _list(p, v, lambda q, x: _choice(q, x, noise.SAMPLERS)),
     }
@@ -227,16 +232,16 @@ class RunSpec:
 
 _SIMULATION_CHECKS = {
     "algorithm": lambda p, v: _choice(p, v, algorithms.RULES),
-    "depth": lambda p, v: _int(p, v, 2),
-    "num_steps": lambda p, v: _int(p, v, 1),
-    "record_every": lambda p, v: _int(p, v, 1),
-    "log_records": lambda p, v: _int(p, v, 1),
+    "depth": lambda p, v: _int(p, v, 2, _MAX_STEPS),
+    "num_steps": lambda p, v: _int(p, v, 1, _MAX_STEPS),
+    "record_every": lambda p, v: _int(p, v, 1, _MAX_STEPS),
+    "log_records": lambda p, v: _int(p, v, 1, _MAX_STEPS),
     "eta": lambda p, v: _float(p, v, 0.0),
     "sigma": lambda p, v: _float(p, v, 0.0),
     "init": _init,
     "noise": lambda p, v: _choice(p, v, noise.SAMPLERS),
     "momentum": lambda p, v: _float(p, v, 0.0, below=1.0),
-    "batch_size": lambda p, v: _int(p, v, 1),
+    "batch_size": lambda p, v: _int(p, v, 1, _MAX_STEPS),
     "quantities": lambda p, v: _list(p, v, lambda q, x: _choice(q, x, ALL_QUANTITIES)),
 }
 
@@ -292,6 +297,10 @@ class Experiment:
     @classmethod
     def from_dict(cls, spec: dict, spec_dir: str | Path = ".") -> "Experiment":
         """Builds and checks a spec from nested dicts (as `tomllib` reads them)."""
+        if not isinstance(spec, dict):
+            raise SpecError(
+                f"a spec must be a table (a dict of sections), got {type(spec).__name__}"
+            )
         sections = {"problem": ProblemSpec, "grid": GridSpec, "run": RunSpec}
         _unknown("", spec, ("name", "problem", "simulation", "grid", "run"))
         name = spec.get("name", "experiment")
@@ -309,6 +318,8 @@ class Experiment:
     @classmethod
     def from_toml_text(cls, text: str, spec_dir: str | Path = ".") -> "Experiment":
         """Parses TOML text (relative data paths resolved against `spec_dir`)."""
+        if not isinstance(text, str):
+            raise SpecError(f"a spec must be TOML text (a str), got {type(text).__name__}")
         try:
             spec = tomllib.loads(text)
         except tomllib.TOMLDecodeError as error:
@@ -417,6 +428,8 @@ def _check_consistent(spec: Experiment) -> None:
         try:  # building the combination's SimConfig checks it (static_configs would raise)
             dataclasses.replace(sim, algorithm=algorithm, depth=depth, noise=noise_law)
         except ValueError as error:
+            if str(error).startswith("batch_size must be given"):  # the key to set
+                raise SpecError(f"simulation.{error}; grid.algorithms has {algorithm!r}") from error
             axis = "grid" if (grid.algorithms or grid.depths or grid.noises) else "simulation"
             raise SpecError(
                 f"{axis}: the combination algorithm={algorithm!r} depth={depth} "

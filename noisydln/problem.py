@@ -1,5 +1,6 @@
 """Linear-regression problems: design, teacher, labels and their sufficient statistics."""
 
+import warnings
 from typing import NamedTuple
 
 import jax
@@ -53,38 +54,100 @@ class Problem(NamedTuple):
 def problem_from_data(X: ArrayLike, y: ArrayLike, beta_star: ArrayLike | None = None) -> Problem:
     """Builds a `Problem` from a user's own data.
 
+    Float64 data are stored as float32, with a `UserWarning`, when JAX's x64 mode is off (its
+    default): call `jax.config.update("jax_enable_x64", True)` first, or build the problem inside
+    `with jax.enable_x64(True):`, to keep float64.
+
     Args:
-      X: design, `[n, d]`.
+      X: design, `[n, d]`, real numbers (integers are converted to floats).
       y: labels, `[n]`.
       beta_star: optional known true parameter, `[d]`; NaN-filled when not given.
 
     Returns:
       The `Problem`, in the floating dtype of `X` (JAX's default float for integer data).
     """
-    X = jnp.asarray(X)
-    if X.ndim != 2 or X.shape[0] < 1 or X.shape[1] < 1:
-        raise ValueError(f"X must be a non-empty matrix [n, d], got shape {X.shape}")
-    if not jnp.issubdtype(X.dtype, jnp.floating):
-        X = X.astype(jnp.result_type(float))
-    n, d = X.shape
-    y = jnp.asarray(y, dtype=X.dtype)
+    x_dtype = _checks.check_real("X", X)
+    shape = tuple(np.shape(X))
+    if len(shape) != 2 or shape[0] < 1 or shape[1] < 1:
+        raise ValueError(f"X must be a non-empty matrix [n, d], got shape {shape}")
+    n, d = shape
+    _checks.check_real("y", y)
     _checks.check_shape("y", y, (n,), "[n]")
+    if beta_star is not None:
+        _checks.check_real("beta_star", beta_star)
+        _checks.check_shape("beta_star", beta_star, (d,), "[d]")
+    wanted = x_dtype if jnp.issubdtype(x_dtype, jnp.floating) else np.dtype(np.float64)
+    dtype = jax.dtypes.canonicalize_dtype(wanted)
+    _warn_if_float64_dropped(dtype, X, y, beta_star)
+    _check_size("X is", n, d, dtype)
+    X = _checks.real_array("X", X, dtype)
+    y = _checks.real_array("y", y, dtype)
     _checks.check_finite("X", X)
     _checks.check_finite("y", y)
     if beta_star is None:
-        beta_star = jnp.full((d,), jnp.nan, dtype=X.dtype)
+        beta_star = jnp.full((d,), jnp.nan, dtype=dtype)
     else:
-        beta_star = jnp.asarray(beta_star, dtype=X.dtype)
-        _checks.check_shape("beta_star", beta_star, (d,), "[d]")
+        beta_star = _checks.real_array("beta_star", beta_star, dtype)
         _checks.check_finite("beta_star", beta_star)
     gram = X.T @ X / n
-    return Problem(
+    problem = Problem(
         X=X,
         y=y,
         beta_star=beta_star,
         gram=(gram + gram.T) / 2,  # exactly symmetric, so that beta @ gram == gram @ beta
         xty=X.T @ y / n,
         yty=y @ y / n,
+    )
+    if not _is_finite(problem.gram, problem.xty, problem.yty):
+        raise _Overflow(
+            f"X and y are too large for {np.dtype(dtype)}: X^T X / n, X^T y / n or y^T y / n "
+            "overflows; rescale the data (or use float64)"
+        )
+    return problem
+
+
+class _Overflow(ValueError):
+    """The data's sufficient statistics overflow their dtype."""
+
+
+def _is_finite(*arrays) -> bool:
+    """Whether every entry is finite (True for traced arrays, whose numbers are unknown)."""
+    return any(_checks.is_traced(a) for a in arrays) or all(
+        bool(jnp.all(jnp.isfinite(a))) for a in arrays
+    )
+
+
+def _warn_if_float64_dropped(dtype, X, y, beta_star) -> None:
+    """Warns when float64 arrays are about to be stored as float32 because x64 is off.
+
+    Only arrays that carry a float64 dtype count (NumPy or JAX arrays), not Python floats,
+    which JAX treats as its default float; float64 labels next to a float32 design are stored
+    as float32 whatever the x64 mode, as documented, so they do not count either.
+    """
+    if dtype != np.float32 or jax.dtypes.canonicalize_dtype(np.float64) == np.float64:
+        return
+    declared = {name: getattr(value, "dtype", None) for name, value in
+                (("X", X), ("y", y), ("beta_star", beta_star))}  # fmt: skip
+    if declared["X"] is not None and jnp.issubdtype(declared["X"], jnp.floating):
+        declared = {"X": declared["X"]}  # the problem takes X's float dtype
+    names = [name for name, dt in declared.items() if dt is not None and dt == np.float64]
+    if names:
+        warnings.warn(
+            f"{', '.join(names)}: the data are float64 but are stored as float32 because "
+            "jax_enable_x64 is off (JAX's default); to keep float64, call "
+            'jax.config.update("jax_enable_x64", True) first or build the problem inside '
+            "`with jax.enable_x64(True):`",
+            UserWarning,
+            stacklevel=3,
+        )
+
+
+def _check_size(names: str, n: int, d: int, dtype) -> None:
+    """Raises if a problem's arrays (`X [n, d]`, `gram [d, d]`, ...) cannot fit in memory."""
+    _checks.check_fits(
+        names,
+        f"the problem's X [n, d] and gram [d, d] with n = {n} and d = {d} in {np.dtype(dtype)}",
+        (n * d + d * d + n + 3 * d) * np.dtype(dtype).itemsize,
     )
 
 
@@ -103,17 +166,19 @@ def sparse_teacher(
     Returns:
       `beta_star`, `[d]`.
     """
+    d = _checks.as_int("d", d, minimum=0, maximum=None)
     if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 0:
-        raise ValueError(f"k must be an integer in [0, d], got {k!r}")
+        raise ValueError(f"k must be an integer in [0, d], got {_checks.describe(k)}")
     if k > d:
         raise ValueError(f"k must be <= d = {d}, got k = {k}")
-    dtype = dtype or jnp.result_type(float)
+    dtype = _checks.float_dtype(dtype)
     if isinstance(values, str):
         if values != "gaussian":
             raise ValueError(f'values must be a number, an array [k] or "gaussian", got {values!r}')
+        _checks.check_key(key)
         nonzero = jax.random.normal(key, (k,), dtype)
     else:
-        values = jnp.asarray(values, dtype=dtype)
+        values = _checks.real_array("values", values, dtype)
         if values.ndim not in (0, 1) or (values.ndim == 1 and values.shape[0] != k):
             raise ValueError(
                 f"values must be a scalar or have shape [k] = ({k},), got {values.shape}"
@@ -121,6 +186,14 @@ def sparse_teacher(
         _checks.check_finite("values", values)
         nonzero = jnp.broadcast_to(values, (k,))
     return jnp.zeros((d,), dtype).at[:k].set(nonzero)
+
+
+def _check_sizes(n, d) -> tuple[int, int]:
+    """`(n, d)` as ints, or raises unless both are positive integers."""
+    for name, value in (("n", n), ("d", d)):
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+            raise ValueError(f"{name} must be a positive integer, got {_checks.describe(value)}")
+    return int(n), int(d)
 
 
 def _orthonormal_columns(key: jax.Array, n: int, d: int, dtype) -> jax.Array:
@@ -150,14 +223,15 @@ def make_design(
     Returns:
       `X`, `[n, d]`.
     """
-    for name, value in (("n", n), ("d", d)):
-        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-            raise ValueError(f"{name} must be a positive integer, got {value!r}")
-    if design not in DESIGNS:
-        raise ValueError(f"design must be one of {DESIGNS}, got {design!r}")
+    _checks.check_key(key)
+    n, d = _check_sizes(n, d)
+    if not isinstance(design, str) or design not in DESIGNS:
+        raise ValueError(f"design must be one of {DESIGNS}, got {_checks.describe(design)}")
     if diag is not None and design != "diagonal":
         raise ValueError(f'diag is only used with design="diagonal", got design={design!r}')
-    dtype = dtype or jnp.result_type(float)
+    dtype = _checks.float_dtype(dtype)
+    _checks.check_fits("n and d are", f"X [n, d] with n = {n} and d = {d} in {dtype}",
+                       n * d * dtype.itemsize)  # fmt: skip
     if design == "gaussian":
         return jax.random.normal(key, (n, d), dtype)
     if n < d:
@@ -167,7 +241,7 @@ def make_design(
         return X
     if diag is None:
         raise ValueError('design="diagonal" needs diag, the diagonal of X^T X / n (scalar or [d])')
-    diag = jnp.asarray(diag, dtype)
+    diag = _checks.real_array("diag", diag, dtype)
     if diag.ndim not in (0, 1) or (diag.ndim == 1 and diag.shape[0] != d):
         raise ValueError(f"diag must be a scalar or have shape [d] = ({d},), got {diag.shape}")
     _checks.check_nonnegative("diag", diag)
@@ -211,17 +285,32 @@ def make_problem(
       >>> problem.gram.shape, problem.beta_star[:3].tolist()
       ((10, 10), [1.0, 1.0, 0.0])
     """
+    _checks.check_key(key)
+    n, d = _check_sizes(n, d)
+    dtype = _checks.float_dtype(dtype)
+    _check_size("n and d are", n, d, dtype)
+    _checks.check_nonnegative("noise_std", noise_std)
+    _checks.check_scalar("noise_std", noise_std)
+    if not _checks.is_traced(noise_std):  # (a Python int beyond int64 cannot meet an array)
+        noise_std = jnp.asarray(float(noise_std), dtype)
     key_design, key_teacher, key_noise = jax.random.split(key, 3)
-    dtype = dtype or jnp.result_type(float)
     X = make_design(key_design, n, d, design, diag, dtype)
     if beta_star is not None:
         if k is not None:
             raise ValueError("give either beta_star or k (a sparse teacher), not both")
-        beta_star = jnp.asarray(beta_star, dtype)
+        beta_star = _checks.real_array("beta_star", beta_star, dtype)
         _checks.check_shape("beta_star", beta_star, (d,), "[d]")
         _checks.check_finite("beta_star", beta_star)
     else:
         beta_star = sparse_teacher(key_teacher, d, min(d, 5) if k is None else k, values, dtype)
-    _checks.check_nonnegative("noise_std", noise_std)
     y = X @ beta_star + noise_std * jax.random.normal(key_noise, (n,), dtype)
-    return problem_from_data(X, y, beta_star)
+    too_large = (
+        f"diag, values, beta_star or noise_std are too large for {dtype}: the design X or the "
+        "labels X beta_star + noise_std eps"
+    )
+    if not _is_finite(X, y):
+        raise ValueError(f"{too_large} overflow")
+    try:
+        return problem_from_data(X, y, beta_star)
+    except _Overflow:
+        raise ValueError(f"{too_large} give statistics (X^T X / n, ...) that overflow") from None

@@ -51,41 +51,34 @@ class SimConfig:
     quantities: tuple[str, ...] = QUANTITIES
 
     def __post_init__(self):
-        if not isinstance(self.init, (int, float)):
-            object.__setattr__(self, "init", _as_nested_tuple(self.init, "init"))
-        object.__setattr__(self, "quantities", tuple(self.quantities))
-        _checks.check_depth(self.depth)
-        for name in ("num_steps", "record_every"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        """Checks every field and normalises it to a hashable Python value: numbers to `int` /
+        `float`, an array `init` to nested tuples, `quantities` to a tuple."""
+        set_field = functools.partial(object.__setattr__, self)
+        if not isinstance(self.algorithm, str):
+            raise ValueError(
+                f"algorithm must be one of {sorted(algorithms.RULES)}, got "
+                f"{_checks.describe(self.algorithm)}"
+            )
+        set_field("depth", _checks.check_depth(self.depth))
+        for name in ("num_steps", "record_every"):  # steps are int32 inside the compiled loop
+            set_field(name, _checks.as_int(name, getattr(self, name)))
         if self.log_records is None and self.num_steps % self.record_every:
             raise ValueError(
                 f"num_steps ({self.num_steps}) must be a multiple of record_every "
                 f"({self.record_every}), the recording stride"
             )
-        if self.log_records is not None and (
-            not isinstance(self.log_records, int) or self.log_records < 1
-        ):
-            raise ValueError(f"log_records must be a positive integer, got {self.log_records!r}")
-        _checks.check_nonnegative("eta", self.eta)
-        _checks.check_nonnegative("sigma", self.sigma)
-        unknown = sorted(set(self.quantities) - set(ALL_QUANTITIES))
-        if unknown or not self.quantities:
-            raise ValueError(
-                f"quantities must be a non-empty subset of {ALL_QUANTITIES}, got unknown {unknown}"
-            )
+        if self.log_records is not None:
+            set_field("log_records", _checks.as_int("log_records", self.log_records))
+        for name in ("eta", "sigma", "momentum"):
+            set_field(name, _checks.as_float(name, getattr(self, name), minimum=0.0))
+        set_field("init", _check_init(self.init, self.depth))
+        if self.noise is not None and not isinstance(self.noise, str):
+            raise ValueError(f"noise must be a name or None, got {_checks.describe(self.noise)}")
+        if self.batch_size is not None:
+            set_field("batch_size", _checks.as_int("batch_size", self.batch_size))
+        set_field("quantities", _check_quantities(self.quantities))
         if "imbalance_step_residual" in self.quantities and self.depth != 2:
             raise ValueError("imbalance_step_residual uses the depth-2 factor rho: set depth=2")
-        if isinstance(self.init, tuple):
-            shape = np.shape(self.init)
-            if len(shape) != 2 or shape[0] != self.depth:
-                raise ValueError(
-                    f"init must be a scale or have shape [depth, d] = ({self.depth}, d), got {shape}"
-                )
-            _checks.check_finite("init", np.asarray(self.init))
-        else:
-            _checks.check_finite("init", self.init)
         self.rule()  # validates the algorithm name and its options
 
     def rule(self) -> algorithms.Rule:
@@ -117,17 +110,60 @@ class SimConfig:
         return jnp.ones((self.depth, d), dtype), float(self.init)
 
     def validate_for(self, problem: Problem) -> None:
-        """Raises if this config cannot run on `problem`."""
+        """Raises if this config cannot run on `problem` (shapes, and memory of one trajectory)."""
+        itemsize = np.dtype(problem.gram.dtype).itemsize
+        _checks.check_fits(
+            "depth is",
+            f"parameters [depth, d] = [{self.depth}, {problem.d}] and their step's temporaries",
+            8 * self.depth * problem.d * itemsize,
+        )
+        names, num_records = "log_records is", (self.log_records or 0) + 2
+        if self.log_records is None:
+            names, num_records = "num_steps is", self.num_steps // self.record_every + 1
+        _checks.check_fits(
+            names,
+            f"{num_records} records of one trajectory (at most {len(self.quantities)} quantities "
+            f"of [depth, d] = [{self.depth}, {problem.d}] numbers each)",
+            num_records * (16 + len(self.quantities) * self.depth * problem.d * itemsize),
+        )
         self.base_init(problem.d, problem.gram.dtype)
         if self.batch_size is not None and self.batch_size > problem.n:
             raise ValueError(f"batch_size ({self.batch_size}) must be <= n = {problem.n}")
 
 
-def _as_nested_tuple(value: ArrayLike, name: str) -> tuple:
-    array = np.asarray(value, dtype=float)
-    if array.ndim != 2:
-        raise ValueError(f"{name} must be a scale or an array [depth, d], got shape {array.shape}")
+def _check_init(init, depth: int) -> float | tuple:
+    """`init` as a float scale, or as nested tuples `[depth, d]` of floats; raises unless it
+    is a finite real scale or such an array."""
+    dtype = _checks.check_real("init", init)
+    if np.ndim(init) == 0:
+        return _checks.as_float("init", init)
+    array = np.asarray(init, dtype=dtype)
+    if array.ndim != 2 or array.shape[0] != depth or array.shape[1] < 1:
+        raise ValueError(
+            f"init must be a scale or have shape [depth, d] = ({depth}, d), got {array.shape}"
+        )
+    _checks.check_finite("init", array)
     return tuple(tuple(float(v) for v in row) for row in array)
+
+
+def _check_quantities(quantities) -> tuple[str, ...]:
+    """`quantities` as a tuple of names, or raises unless it is a non-empty sequence of names
+    from `ALL_QUANTITIES`."""
+    try:
+        if isinstance(quantities, (str, bytes)):
+            raise TypeError("a single string")
+        quantities = tuple(quantities)
+    except TypeError:  # not iterable, or a 0-d array
+        raise ValueError(
+            f"quantities must be a non-empty list of names from {ALL_QUANTITIES}, got "
+            f"{_checks.describe(quantities)}"
+        ) from None
+    unknown = [q for q in quantities if not isinstance(q, str) or q not in ALL_QUANTITIES]
+    if unknown or not quantities:
+        raise ValueError(
+            f"quantities must be a non-empty subset of {ALL_QUANTITIES}, got unknown {unknown}"
+        )
+    return quantities
 
 
 def observe(
@@ -175,6 +211,20 @@ class Trajectory(NamedTuple):
     records: dict[str, jax.Array]
 
 
+def check_run_arguments(key, problem, config) -> None:
+    """Raises a ValueError naming the argument unless `key` is a PRNG key (not checked when
+    None), `problem` a `Problem` and `config` a `SimConfig`."""
+    if key is not None:
+        _checks.check_key(key)
+    if not isinstance(problem, Problem):
+        raise ValueError(
+            f"problem must be a noisydln.Problem (make_problem, problem_from_data), got "
+            f"{_checks.describe(problem)}"
+        )
+    if not isinstance(config, SimConfig):
+        raise ValueError(f"config must be a noisydln.SimConfig, got {_checks.describe(config)}")
+
+
 def simulate(
     key: jax.Array,
     problem: Problem,
@@ -197,14 +247,20 @@ def simulate(
     Returns:
       The `Trajectory`, recorded at `config.record_steps()`.
     """
+    check_run_arguments(key, problem, config)
+    for name, value in (("sigma", sigma), ("eta", eta), ("init_scale", init_scale)):
+        if value is not None:  # checked before any conversion: "0.1" is not a number
+            if name == "init_scale":
+                _checks.check_finite(name, value)
+            else:
+                _checks.check_nonnegative(name, value)
+            _checks.check_scalar(name, value)
     config.validate_for(problem)
     dtype = problem.gram.dtype
     hyper = algorithms.Hyper(
         sigma=jnp.asarray(config.sigma if sigma is None else sigma, dtype),
         eta=jnp.asarray(config.eta if eta is None else eta, dtype),
     )
-    _checks.check_nonnegative("sigma", hyper.sigma)
-    _checks.check_nonnegative("eta", hyper.eta)
     base, scale = config.base_init(problem.d, dtype)
     params = base * jnp.asarray(scale if init_scale is None else init_scale, dtype)
     steps = config.record_steps()

@@ -11,6 +11,7 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax.typing import ArrayLike
 
 from noisydln import _checks
@@ -18,12 +19,57 @@ from noisydln.model import end_to_end, loss, pairwise_sum, products_except_one, 
 from noisydln.problem import Problem
 
 _BISECTION_STEPS = 200
+_NO_PROBLEM = object()  # `_check_params` without a problem (None is a wrong problem)
+
+
+def _check_problem(problem) -> None:
+    if not isinstance(problem, Problem):
+        raise ValueError(
+            f"problem must be a noisydln.Problem (make_problem, problem_from_data), got "
+            f"{_checks.describe(problem)}"
+        )
+
+
+def _check_params(params, problem=_NO_PROBLEM) -> jax.Array:
+    """`params` as a JAX array (integers as floats), or raises unless it is a finite real
+    `[depth, d]` array (d the problem's when one is given)."""
+    d = None
+    if problem is not _NO_PROBLEM:
+        _check_problem(problem)
+        d = problem.d
+    _checks.check_params(params, d)
+    _checks.check_finite("params", params)
+    dtype = _checks.dtype_of("params", params)
+    return _checks.real_array(
+        "params", params, dtype if jnp.issubdtype(dtype, jnp.floating) else None
+    )
+
+
+def _as_array(x):
+    """`x` as an array (lists and tuples have no dtype for `jnp.result_type`)."""
+    return x if isinstance(x, jax.Array) else np.asarray(x)
+
+
+def _check_sigma(sigma, name: str = "sigma"):
+    """`sigma`, or raises unless it is a real finite scalar >= 0 (its value unchecked when
+    traced). An integer comes back as a float, and a NumPy number or a Python float above
+    1e150 as a JAX scalar: `sigma**2` would overflow int64, or raise OverflowError (Python)
+    or a RuntimeWarning (NumPy), instead of giving inf."""
+    _checks.check_nonnegative(name, sigma)
+    _checks.check_scalar(name, sigma)
+    if _checks.is_traced(sigma):
+        return sigma
+    if jnp.issubdtype(_checks.dtype_of(name, sigma), jnp.integer):
+        sigma = float(sigma)
+    if isinstance(sigma, (np.generic, np.ndarray)) or (isinstance(sigma, float) and sigma > 1e150):
+        return jnp.asarray(sigma)  # (a Python float stays weakly typed)
+    return sigma
 
 
 def average_sharpness(params: jax.Array, problem: Problem, sigma: ArrayLike) -> jax.Array:
     """`S(W) = L_R(W) - L(W) = sum_i D_i [prod_l (w_li^2 + sigma^2) - prod_l w_li^2]` (s2), scalar."""
-    _checks.check_params(params, problem.d)
-    _checks.check_nonnegative("sigma", sigma)
+    params = _check_params(params, problem)
+    sigma = _check_sigma(sigma)
     squares = params**2
     gap = jnp.prod(squares + sigma**2, axis=0) - jnp.prod(squares, axis=0)
     return pairwise_sum(problem.gram_diag * gap)  # the same bits whatever the batch
@@ -39,6 +85,8 @@ def expected_loss(params: jax.Array, problem: Problem, sigma: ArrayLike) -> jax.
       >>> float(noisydln.theory.expected_loss(params, problem, 0.5) - noisydln.loss(params, problem))
       0.25
     """
+    params = _check_params(params, problem)
+    sigma = _check_sigma(sigma)
     return loss(params, problem) + average_sharpness(params, problem, sigma)
 
 
@@ -47,8 +95,8 @@ def expected_grad(params: jax.Array, problem: Problem, sigma: ArrayLike) -> jax.
 
     `dL_R/dw_li = -r_i prod_{k!=l} w_ki + 2 D_i w_li [prod_{k!=l}(w_ki^2 + sigma^2) - prod_{k!=l} w_ki^2]`.
     """
-    _checks.check_params(params, problem.d)
-    _checks.check_nonnegative("sigma", sigma)
+    params = _check_params(params, problem)
+    sigma = _check_sigma(sigma)
     r = residual(end_to_end(params), problem)
     squares = params**2
     penalty = products_except_one(squares + sigma**2) - products_except_one(squares)
@@ -62,7 +110,7 @@ def balanced(params: jax.Array) -> jax.Array:
     Every layer gets magnitude `|beta_i|^(1/L)` and keeps its own sign, so the product (and the
     sign pattern of the layers) is unchanged.
     """
-    _checks.check_params(params)
+    params = _check_params(params)
     magnitude = jnp.abs(end_to_end(params)) ** (1.0 / params.shape[0])
     return jnp.sign(params) * magnitude[None, :]
 
@@ -72,10 +120,18 @@ def min_average_sharpness(
 ) -> jax.Array:
     """`min S` over factorisations of `beta`: `sum_i D_i [(|b_i|^(2/L) + s^2)^L - b_i^2]` (s2)."""
     depth = _checks.check_depth(depth)
-    _checks.check_shape("beta", beta, (problem.d,), "[d]")
-    _checks.check_nonnegative("sigma", sigma)
+    beta = _check_beta(beta, problem)
+    sigma = _check_sigma(sigma)
     balanced_square = jnp.abs(beta) ** (2.0 / depth)
     return problem.gram_diag @ ((balanced_square + sigma**2) ** depth - beta**2)
+
+
+def _check_beta(beta, problem: Problem) -> jax.Array:
+    """`beta` as an array of the problem's dtype, or raises unless it is finite, real, `[d]`."""
+    _check_problem(problem)
+    _checks.check_finite("beta", beta)
+    _checks.check_shape("beta", beta, (problem.d,), "[d]")
+    return _checks.real_array("beta", beta, problem.gram.dtype)
 
 
 def min_hessian_trace(beta: jax.Array, problem: Problem, depth: int) -> jax.Array:
@@ -84,7 +140,7 @@ def min_hessian_trace(beta: jax.Array, problem: Problem, depth: int) -> jax.Arra
     The Hessian trace does not depend on sigma, so neither does its minimum.
     """
     depth = _checks.check_depth(depth)
-    _checks.check_shape("beta", beta, (problem.d,), "[d]")
+    beta = _check_beta(beta, problem)
     return 2 * depth * problem.gram_diag @ (jnp.abs(beta) ** (2.0 * (depth - 1) / depth))
 
 
@@ -93,7 +149,8 @@ def balancing_rate(problem: Problem, sigma: ArrayLike) -> jax.Array:
 
     `rate_i = 4 sigma^2 D_i` (docs/theory.md s3), whatever the data fit; `[d]`. Time `t = eta * steps`.
     """
-    _checks.check_nonnegative("sigma", sigma)
+    _check_problem(problem)
+    sigma = _check_sigma(sigma)
     return 4 * sigma**2 * problem.gram_diag
 
 
@@ -115,9 +172,9 @@ def imbalance_after_gd(
     Returns:
       `out[l, m, i] = (w_li^+)^2 - (w_mi^+)^2`, `[depth, depth, d]`.
     """
-    _checks.check_params(params, problem.d)
-    _checks.check_nonnegative("sigma", sigma)
-    _checks.check_nonnegative("eta", eta)
+    params = _check_params(params, problem)
+    sigma = _check_sigma(sigma)
+    eta = _check_sigma(eta, "eta")
     beta = end_to_end(params)
     r = residual(beta, problem)[None, :]
     squares = params**2
@@ -142,13 +199,13 @@ def imbalance_factor(
     Returns:
       `rho`, `[d]`.
     """
-    _checks.check_params(params, problem.d)
+    params = _check_params(params, problem)
     if params.shape[0] != 2:
         raise ValueError(
             f"imbalance_factor is the depth-2 formula; params has depth {params.shape[0]}"
         )
-    _checks.check_nonnegative("sigma", sigma)
-    _checks.check_nonnegative("eta", eta)
+    sigma = _check_sigma(sigma)
+    eta = _check_sigma(eta, "eta")
     s2 = sigma**2
     diag = problem.gram_diag
     r = residual(end_to_end(params), problem)
@@ -167,15 +224,24 @@ def threshold(sigma: ArrayLike, depth: int) -> jax.Array:
     """
     depth = _checks.check_depth(depth)
     _checks.check_nonnegative("sigma", sigma)
+    sigma = _as_array(sigma)
     sigma = jnp.asarray(sigma, dtype=jnp.result_type(sigma, float))
     if depth == 2:
         return sigma**2
-    constant = (2 * (depth - 1) / depth) ** (depth - 1) * (depth / (depth - 2)) ** ((depth - 2) / 2)
+    try:
+        constant = (2 * (depth - 1) / depth) ** (depth - 1) * (depth / (depth - 2)) ** (
+            (depth - 2) / 2
+        )
+    except OverflowError:
+        raise ValueError(
+            f"depth = {depth} is too large: the constant of tau_L overflows a float"
+        ) from None
     return constant * sigma**depth
 
 
 def diagonal_target(problem: Problem) -> jax.Array:
     """`z_i = b_i / Sigma_ii`, the per-coordinate least-squares target of a diagonal design (s4), `[d]`."""
+    _check_problem(problem)
     return problem.xty / problem.gram_diag
 
 
@@ -227,7 +293,10 @@ def stationary_roots(z: ArrayLike, sigma: ArrayLike, depth: int) -> tuple[jax.Ar
     depth = _checks.check_depth(depth)
     if depth == 2:
         raise ValueError("stationary_roots is for depth >= 3; depth 2 is soft thresholding")
-    _checks.check_nonnegative("sigma", sigma)
+    sigma = _check_sigma(sigma)
+    _checks.check_finite("z", z)
+    threshold(sigma, depth)  # raises for a depth too large for the constant of tau_L
+    z = _as_array(z)
     z = jnp.asarray(z, dtype=jnp.result_type(z, sigma, float))
     return _stationary_roots(z, jnp.asarray(sigma, z.dtype), depth)
 
@@ -269,12 +338,16 @@ def limit(z: ArrayLike, sigma: ArrayLike, depth: int, init: jax.Array | None = N
       [0.91, -0.41, 0.0]
     """
     depth = _checks.check_depth(depth)
-    _checks.check_nonnegative("sigma", sigma)
-    z = jnp.asarray(z, dtype=jnp.result_type(z, sigma, float))
+    sigma = _check_sigma(sigma)
     _checks.check_finite("z", z)
+    if depth > 2:
+        threshold(sigma, depth)  # raises for a depth too large for the constant of tau_L
+    z = _as_array(z)
+    z = jnp.asarray(z, dtype=jnp.result_type(z, sigma, float))
     if depth == 2:
         init = None  # not used: no recompilation for it either
     elif init is not None:
+        _checks.check_finite("init", init)
         _checks.check_shape("init", init, (depth,) + z.shape, "[depth, d]")
         init = jnp.asarray(init, z.dtype)
     return _limit(z, jnp.asarray(sigma, z.dtype), init, depth)
@@ -457,16 +530,26 @@ def _lasso_path(gram, xty, sigmas, signs, tol, max_steps) -> _LassoState:
 
 def _lasso_arguments(problem: Problem, signs, tol, max_steps):
     """The traced arguments shared by `lasso_limit` and `lasso_path`: signs, tol, max_steps."""
+    _check_problem(problem)
     dtype = problem.gram.dtype
     if signs is None:
         signs = jnp.zeros((problem.d,), dtype)
     else:
-        signs = jnp.asarray(signs, dtype)
+        _checks.check_finite("signs", signs)
         _checks.check_shape("signs", signs, (problem.d,), "[d]")
+        if not _checks.is_traced(signs) and not np.all(np.isin(np.asarray(signs), (-1, 0, 1))):
+            raise ValueError(f"signs must hold -1, 0 or +1 only, got {_checks.describe(signs)}")
+        signs = _checks.real_array("signs", signs, dtype)
     if tol is None:
         tol = 1e-12 if dtype == jnp.float64 else 1e-5
-    _checks.check_nonnegative("tol", tol)
-    _checks.check_nonnegative("max_steps", max_steps)
+    _check_sigma(tol, "tol")
+    if _checks.is_traced(max_steps):
+        if not jnp.issubdtype(max_steps.dtype, jnp.integer):
+            raise ValueError(
+                f"max_steps must be an integer >= 0, got {_checks.describe(max_steps)}"
+            )
+    else:
+        max_steps = _checks.as_int("max_steps", max_steps, minimum=0)
     return signs, jnp.asarray(tol, dtype), jnp.asarray(max_steps, jnp.int32)
 
 
@@ -505,7 +588,7 @@ def lasso_limit(
       >>> int((beta != 0).sum()), [round(v, 3) for v in beta[:5].tolist()]
       (5, [0.922, 0.902, 0.911, 0.919, 0.915])
     """
-    _checks.check_nonnegative("sigma", sigma)
+    sigma = _check_sigma(sigma)
     signs, tol, max_steps = _lasso_arguments(problem, signs, tol, max_steps)
     sigma = jnp.asarray(sigma, problem.gram.dtype)
     return _lasso_solve(problem.gram, problem.xty, sigma, signs, tol, max_steps).beta
@@ -537,9 +620,10 @@ def lasso_path(
       >>> path.shape, (path != 0).sum(axis=1).tolist()
       ((7, 100), [100, 5, 5, 5, 5, 4, 0])
     """
-    sigmas = jnp.asarray(sigmas, problem.gram.dtype)
-    if sigmas.ndim != 1:
-        raise ValueError(f"sigmas must have shape [S], got {sigmas.shape}")
+    _check_problem(problem)
     _checks.check_nonnegative("sigmas", sigmas)
+    if np.ndim(sigmas) != 1:
+        raise ValueError(f"sigmas must have shape [S], got {np.shape(sigmas)}")
+    sigmas = jnp.asarray(sigmas, problem.gram.dtype)
     signs, tol, max_steps = _lasso_arguments(problem, signs, tol, max_steps)
     return _lasso_path(problem.gram, problem.xty, sigmas, signs, tol, max_steps).beta

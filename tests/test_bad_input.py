@@ -63,6 +63,10 @@ def test_problem_from_data_rejects():
         (-0.1, "sigma must be >= 0"),
         (np.nan, "sigma must be finite"),
         (np.inf, "sigma must be finite"),
+        ("0.1", "sigma must be a finite number >= 0, got '0.1'"),
+        (0.1j, "sigma must be a finite number >= 0"),
+        (True, "sigma must be a finite number >= 0"),
+        (None, "sigma must be a finite number >= 0"),
     ],
 )
 def test_bad_sigma_everywhere(key, problem, sigma, match):

@@ -235,7 +235,7 @@ def valid_spec_dicts(draw):
     if family is _NOISE_RULES:
         simulation["noise"] = _some(draw, st.sampled_from(sorted(noise.SAMPLERS)))
     if family is _BATCH_RULES:
-        simulation["batch_size"] = _some(draw, st.integers(1, 10**4))
+        simulation["batch_size"] = draw(st.integers(1, 10**4))  # required: no default
 
     grid = {
         "num_seeds": _some(draw, st.integers(1, 2**31 - 1)),
