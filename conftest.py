@@ -1,11 +1,39 @@
-"""Strict test configuration for tests and doctests: float64, no implicit rank promotion, one key."""
+"""Strict test configuration for tests and doctests: float64, no implicit rank promotion, one key.
 
-import jax
-import jax.numpy as jnp
-import pytest
+Speed and memory: every process of a test run (xdist workers, the `noisydln` subprocesses and
+notebook kernels they start) shares JAX's persistent compilation cache, so a program compiled
+by one is loaded by the others (entries are keyed on the whole computation and the backend, so
+nothing stale is served; set JAX_COMPILATION_CACHE_DIR to choose the folder), and each test
+module drops its compiled programs when it ends, so a worker's memory does not grow with the
+number of modules it has run.
+"""
+
+import gc
+import os
+import tempfile
+from pathlib import Path
+
+_UID = os.getuid() if hasattr(os, "getuid") else "user"
+os.environ.setdefault(
+    "JAX_COMPILATION_CACHE_DIR",
+    str(Path(tempfile.gettempdir()) / f"noisydln-test-jax-cache-{_UID}"),
+)
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.2")
+
+import jax  # noqa: E402 (after the cache settings it reads)
+import jax.numpy as jnp  # noqa: E402
+import pytest  # noqa: E402
 
 jax.config.update("jax_enable_x64", True)
 jax.config.update("jax_numpy_rank_promotion", "raise")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _release_compiled_programs():
+    """Drops the module's compiled programs when it ends (they stay in the persistent cache)."""
+    yield
+    jax.clear_caches()
+    gc.collect()
 
 
 @pytest.fixture

@@ -65,8 +65,9 @@ def _arrays(states: list[GridState]) -> dict[str, np.ndarray]:
     return arrays
 
 
-def save(path: str | Path, spec: Experiment, states: list[GridState]) -> Path:
-    """Writes the checkpoint of `spec` with `states` (one per grid run begun) atomically."""
+def save(path: str | Path, spec: Experiment, states: list[GridState], seconds: float = 0.0) -> Path:
+    """Writes the checkpoint of `spec` with `states` (one per grid run begun) atomically;
+    `seconds`: the run's wall time so far (a resumed run's `wall_seconds` counts it)."""
     path = Path(path)
     meta = {
         "format": FORMAT,
@@ -74,6 +75,7 @@ def save(path: str | Path, spec: Experiment, states: list[GridState]) -> Path:
         "noisydln_version": _version(),
         "jax_version": jax.__version__,
         "num_runs": len(states),
+        "seconds": float(seconds),
     }
 
     def write(temporary: str) -> None:
@@ -92,6 +94,12 @@ def _state(archive, i: int) -> GridState:
             parts[part][name] = archive[key]
     moments = Moments(count=archive[prefix + "count"], mean=parts["mean"], m2=parts["m2"])
     return GridState(moments, int(archive[prefix + "next_seed"]))
+
+
+def elapsed(path: str | Path) -> float:
+    """The wall time, in seconds, of the run that wrote the checkpoint at `path`, so far."""
+    with np.load(path, allow_pickle=False) as archive:
+        return float(json.loads(str(archive["meta"])).get("seconds", 0.0))
 
 
 def load(path: str | Path, spec: Experiment) -> list[GridState]:

@@ -30,7 +30,9 @@ from noisydln import algorithms, moments
 from noisydln.plan import ChunkPlan, RunSize, check_fits, default_devices, plan_chunks
 from noisydln.problem import Problem
 from noisydln.quantities import record
-from noisydln.simulate import SimConfig, advance, observe, scan_records
+from noisydln.simulate import SimConfig, advance, check_run_arguments, observe, scan_records
+
+MAX_FLOAT32_SEEDS = 2**24  # float32 counts are exact integers up to here
 
 
 class GridResult(NamedTuple):
@@ -59,6 +61,19 @@ class GridResult(NamedTuple):
 def _grid_axis(name: str, values, default: float) -> np.ndarray:
     if values is None:
         return np.asarray([default], dtype=float)
+    try:  # a string, bools, complex numbers or ragged nesting are not an axis of numbers
+        dtype = np.asarray(values).dtype
+    except (ValueError, TypeError):
+        dtype = np.dtype(object)
+    entries = values if isinstance(values, (list, tuple)) else ()
+    if not (jnp.issubdtype(dtype, jnp.integer) or jnp.issubdtype(dtype, jnp.floating)) or any(
+        isinstance(v, (bool, np.bool_)) for v in entries
+    ):
+        shown = " ".join(repr(values).split())
+        raise ValueError(
+            f"{name} must be a 1-D sequence of real numbers, got "
+            f"{shown if len(shown) <= 80 else shown[:77] + '...'}"
+        )
     if np.ndim(values) > 1:
         raise ValueError(f"{name} must be a 1-D sequence of numbers, got shape {np.shape(values)}")
     array = np.asarray(values, dtype=float).reshape(-1)
@@ -172,6 +187,7 @@ class _Grid(NamedTuple):
 
 
 def _set_up(problem, config, sigmas, etas, init_scales) -> _Grid:
+    check_run_arguments(None, problem, config)
     config.validate_for(problem)
     dtype = problem.gram.dtype
     base, default_scale = config.base_init(problem.d, dtype)
@@ -192,6 +208,12 @@ def _set_up(problem, config, sigmas, etas, init_scales) -> _Grid:
 
 
 def _run_size(grid: _Grid, problem, config, num_seeds, keep) -> RunSize:
+    if problem.gram.dtype.itemsize < 8 and num_seeds > MAX_FLOAT32_SEEDS:
+        raise ValueError(
+            f"num_seeds: float32 moments count at most 2**24 = {MAX_FLOAT32_SEEDS} seeds exactly, "
+            f"got {num_seeds}; run in float64 (jax_enable_x64), or run several grids with "
+            "different keys and pool them"
+        )
     return RunSize(
         num_seeds=num_seeds,
         cells=math.prod(grid.shape),
@@ -207,12 +229,18 @@ def _run_size(grid: _Grid, problem, config, num_seeds, keep) -> RunSize:
 def _check_num_seeds(num_seeds) -> None:
     if isinstance(num_seeds, bool) or not isinstance(num_seeds, (int, np.integer)) or num_seeds < 1:
         raise ValueError(f"num_seeds must be a positive integer, got {num_seeds!r}")
+    if num_seeds > 2**31 - 1:  # seed indices are int32 inside fold_in
+        raise ValueError(f"num_seeds must be at most 2**31 - 1 (seeds are int32), got {num_seeds}")
 
 
 def _devices(devices, num_seeds) -> list:
-    devices = default_devices(num_seeds) if devices is None else list(devices)
-    if not devices:
-        raise ValueError("devices must name at least one device")
+    if devices is None:
+        return default_devices(num_seeds)
+    if isinstance(devices, (str, bytes)) or not hasattr(devices, "__iter__"):
+        raise ValueError(f"devices must be a list of jax devices, got {devices!r}")
+    devices = list(devices)
+    if not devices or not all(isinstance(d, jax.Device) for d in devices):
+        raise ValueError(f"devices must be a non-empty list of jax devices, got {devices!r}")
     return devices
 
 
@@ -311,6 +339,7 @@ def run_grid(
       >>> result.mean["beta"].shape, result.steps.tolist()
       ((2, 1, 1, 3, 8), [0, 50, 100])
     """
+    check_run_arguments(key, problem, config)
     _check_num_seeds(num_seeds)
     grid = _set_up(problem, config, sigmas, etas, init_scales)
     devices = _devices(devices, num_seeds)

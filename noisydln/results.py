@@ -106,12 +106,13 @@ def run_experiment(
         states = _checkpoint_states(checkpoint, spec)
         total = sum(plan.num_chunks for plan in plans)
         key = jax.random.key(spec.grid.seed)
-        start = time.perf_counter()
+        earlier = checkpoint_lib.elapsed(checkpoint) if states else 0.0
+        start = time.perf_counter() - earlier  # a resumed run's wall time counts the first part
         results, done = [], 0
         for index, (run, plan) in enumerate(zip(runs, plans, strict=True)):
             resume = {"start": states[index] if index < len(states) else None}
             if checkpoint is not None:
-                resume["on_chunk"] = _saver(checkpoint, spec, states, index)
+                resume["on_chunk"] = _saver(checkpoint, spec, states, index, start)
             progress_of_run = _offset(progress, done, total)
             results.append(
                 _run(key, problem, run, spec, devices, max_memory, progress_of_run, resume)
@@ -198,14 +199,14 @@ def _checkpoint_states(path, spec: Experiment) -> list[GridState]:
     return checkpoint_lib.load(path, spec)
 
 
-def _saver(path, spec: Experiment, states: list[GridState], index: int):
+def _saver(path, spec: Experiment, states: list[GridState], index: int, start: float):
     """`on_chunk` of grid run `index`: records its state and saves every run's (process 0)."""
 
     def on_chunk(state: GridState) -> None:
         del states[index:]
         states.append(state)
         if jax.process_index() == 0:
-            checkpoint_lib.save(path, spec, states)
+            checkpoint_lib.save(path, spec, states, seconds=time.perf_counter() - start)
 
     return on_chunk
 

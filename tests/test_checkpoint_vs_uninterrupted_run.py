@@ -90,8 +90,10 @@ def test_resumed_run_vs_uninterrupted_run(spec, uninterrupted, tmp_path, chunks)
     _interrupted_after(spec, path, chunks)
     states = checkpoint.load(path, spec)
     assert [s.next_seed for s in states] == ([64] if chunks == 2 else [160, 64])
-    seen = []
+    seen, earlier = [], checkpoint.elapsed(path)
+    assert earlier > 0
     resumed = results.run_experiment(spec, checkpoint=path, progress=lambda i, n: seen.append(i))
+    assert resumed.attrs["wall_seconds"] > earlier  # the first part's time is counted
     assert seen[0] == chunks + 1 and seen[-1] == 11  # 5 + 5 chunks, then the reference
     assert_same_statistics(resumed.drop_attrs(), uninterrupted.drop_attrs())
 
