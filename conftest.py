@@ -5,7 +5,8 @@ notebook kernels they start) shares JAX's persistent compilation cache, so a pro
 by one is loaded by the others (entries are keyed on the whole computation and the backend, so
 nothing stale is served; set JAX_COMPILATION_CACHE_DIR to choose the folder), and each test
 module drops its compiled programs when it ends, so a worker's memory does not grow with the
-number of modules it has run.
+number of modules it has run. Each test process has one CPU device (pytest-xdist runs one
+worker per core); tests of several devices start their own processes.
 """
 
 import gc
@@ -19,6 +20,9 @@ os.environ.setdefault(
     str(Path(tempfile.gettempdir()) / f"noisydln-test-jax-cache-{_UID}"),
 )
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.2")
+# one CPU device per test process: pytest-xdist already runs a worker per core (tests of
+# several devices start processes with XLA_FLAGS, tests/test_runtime_devices.py the default)
+os.environ.setdefault("NOISYDLN_CPU_DEVICES", "1")
 
 import jax  # noqa: E402 (after the cache settings it reads)
 import jax.numpy as jnp  # noqa: E402

@@ -243,6 +243,11 @@ _SIMULATION_CHECKS = {
     "momentum": lambda p, v: _float(p, v, 0.0, below=1.0),
     "batch_size": lambda p, v: _int(p, v, 1, _MAX_STEPS),
     "quantities": lambda p, v: _list(p, v, lambda q, x: _choice(q, x, ALL_QUANTITIES)),
+    "weight_decay": lambda p, v: _float(p, v, 0.0),
+    "schedule": lambda p, v: _choice(p, v, algorithms.SCHEDULES),
+    "schedule_alpha": lambda p, v: _float(p, v, 0.0),
+    "schedule_boundaries": lambda p, v: _list(p, v, lambda q, x: _int(q, x, 1, _MAX_STEPS)),
+    "schedule_factor": lambda p, v: _float(p, v, 0.0),
 }
 
 

@@ -30,7 +30,14 @@ from noisydln import algorithms, moments
 from noisydln.plan import ChunkPlan, RunSize, check_fits, default_devices, plan_chunks
 from noisydln.problem import Problem
 from noisydln.quantities import record
-from noisydln.simulate import SimConfig, advance, check_run_arguments, observe, scan_records
+from noisydln.simulate import (
+    SimConfig,
+    advance,
+    check_problem_and_config,
+    check_run_arguments,
+    observe,
+    scan_records,
+)
 
 MAX_FLOAT32_SEEDS = 2**24  # float32 counts are exact integers up to here
 
@@ -117,7 +124,7 @@ def _chunk(acc, key, first, num_seeds, problem, hyper, params0, *, config, keep,
     """
     rule = config.rule()
     seed_keys, valid = _seed_block(key, first, num_seeds, size, axis_name)
-    states = jax.vmap(algorithms.init_state, in_axes=(0, None))(params0, config.momentum)
+    states = jax.vmap(config.init_state)(params0)
     states = jax.tree.map(lambda x: jnp.broadcast_to(x, valid.shape + x.shape), states)
 
     def advance_all(states, start, stop):
@@ -187,7 +194,7 @@ class _Grid(NamedTuple):
 
 
 def _set_up(problem, config, sigmas, etas, init_scales) -> _Grid:
-    check_run_arguments(None, problem, config)
+    check_problem_and_config(problem, config)
     config.validate_for(problem)
     dtype = problem.gram.dtype
     base, default_scale = config.base_init(problem.d, dtype)
@@ -202,7 +209,7 @@ def _set_up(problem, config, sigmas, etas, init_scales) -> _Grid:
     hyper = algorithms.Hyper(sigma=cell_sigma, eta=cell_eta)
     one = algorithms.Hyper(cell_sigma[0], cell_eta[0])
     like = jax.eval_shape(lambda p: record(p, problem, one, config.quantities, next_params=p), base)
-    state = jax.eval_shape(lambda p: algorithms.init_state(p, config.momentum), base)
+    state = jax.eval_shape(config.init_state, base)
     state_elements = sum(math.prod(x.shape) for x in jax.tree.leaves(state))
     return _Grid(axes, hyper, cell_scale[:, None, None] * base[None], like, state_elements)
 

@@ -35,6 +35,17 @@ class SimConfig:
       batch_size: rows per step of `minibatch_sgd`.
       quantities: names recorded per record, from `QUANTITIES` (the default) and
         `EXTRA_QUANTITIES` (see `record`).
+      weight_decay: `lambda >= 0` (0: off) adds `lambda W`, the gradient of
+        `(lambda/2) ||W||^2`, to every rule's direction before the optax update
+        (`optax.add_decayed_weights`): one plain step is `W - eta_t (g + lambda W)`.
+      schedule: the step-size schedule, `eta_t = eta f(t)` with `eta` the (swept) peak step:
+        "constant" (default, `f = 1`), "cosine" (from `eta` to `schedule_alpha * eta` over
+        `num_steps`) or "step" (times `schedule_factor` at each of `schedule_boundaries`); see
+        `algorithms.make_schedule`.
+      schedule_alpha: the final factor of "cosine", in `[0, 1]` (unset: 0).
+      schedule_boundaries: the steps of "step" at which the step size is multiplied, strictly
+        increasing integers in `[1, num_steps]` (required for "step").
+      schedule_factor: the factor of "step" at each boundary, in `(0, 1]` (unset: 0.1).
     """
 
     algorithm: str = "stochastic_sam"
@@ -49,6 +60,11 @@ class SimConfig:
     momentum: float = 0.0
     batch_size: int | None = None
     quantities: tuple[str, ...] = QUANTITIES
+    weight_decay: float = 0.0
+    schedule: str = "constant"
+    schedule_alpha: float | None = None
+    schedule_boundaries: tuple[int, ...] | None = None
+    schedule_factor: float | None = None
 
     def __post_init__(self):
         """Checks every field and normalises it to a hashable Python value: numbers to `int` /
@@ -79,16 +95,56 @@ class SimConfig:
         set_field("quantities", _check_quantities(self.quantities))
         if "imbalance_step_residual" in self.quantities and self.depth != 2:
             raise ValueError("imbalance_step_residual uses the depth-2 factor rho: set depth=2")
-        self.rule()  # validates the algorithm name and its options
+        set_field("weight_decay", _checks.as_float("weight_decay", self.weight_decay, minimum=0.0))
+        for name in ("schedule_alpha", "schedule_factor"):
+            if getattr(self, name) is not None:
+                set_field(name, _checks.as_float(name, getattr(self, name)))
+        if self.schedule_boundaries is not None and self.schedule == "step":
+            set_field(
+                "schedule_boundaries",
+                algorithms.check_boundaries(self.schedule_boundaries, self.num_steps),
+            )
+        self.rule()  # validates the algorithm name, its options and the schedule
+
+    def step_schedule(self):
+        """The optax schedule of the step-size factor `f(t)` (`algorithms.make_schedule`), or
+        None for "constant"."""
+        return algorithms.make_schedule(
+            self.schedule,
+            self.num_steps,
+            alpha=self.schedule_alpha,
+            boundaries=self.schedule_boundaries,
+            factor=self.schedule_factor,
+        )
+
+    def _update_options(self) -> dict:
+        """The options of the optax update that differ from plain SGD."""
+        options = {"momentum": self.momentum} if self.momentum else {}
+        if self.weight_decay:
+            options["weight_decay"] = self.weight_decay
+        schedule = self.step_schedule()
+        if schedule is not None:
+            options["schedule"] = schedule
+        return options
 
     def rule(self) -> algorithms.Rule:
         """The training rule with this config's static options bound."""
-        options = {"momentum": self.momentum} if self.momentum else {}
+        options = self._update_options()
         if self.noise is not None:
             options["noise"] = self.noise
         if self.batch_size is not None:
             options["batch_size"] = self.batch_size
         return algorithms.get_rule(self.algorithm, **options)
+
+    def init_state(self, params: jax.Array) -> algorithms.TrainState:
+        """A fresh training state of this config's rule at `params: [depth, d]`."""
+        return algorithms.init_state(params, **self._update_options(), algorithm=self.algorithm)
+
+    def step_sizes(self, eta: ArrayLike | None = None, dtype=None) -> jax.Array:
+        """The step size of every step `0 .. num_steps - 1`, `[num_steps]`: the peak `eta`
+        (default `self.eta`) times the schedule's factor, as the optimizer computes it."""
+        eta = jnp.asarray(self.eta if eta is None else eta, dtype)
+        return algorithms.step_sizes(eta, self.step_schedule(), self.num_steps)
 
     def record_steps(self) -> np.ndarray:
         """The steps at which the state is recorded, `int [num_records]`, starting with 0."""
@@ -126,6 +182,13 @@ class SimConfig:
             f"of [depth, d] = [{self.depth}, {problem.d}] numbers each)",
             num_records * (16 + len(self.quantities) * self.depth * problem.d * itemsize),
         )
+        if self.algorithm == "per_example_sam":
+            _checks.check_fits(
+                "n is",
+                f"per_example_sam's ascent points and gradients of every example, twice "
+                f"[n, depth, d] = [{problem.n}, {self.depth}, {problem.d}]",
+                2 * problem.n * self.depth * problem.d * itemsize,
+            )
         self.base_init(problem.d, problem.gram.dtype)
         if self.batch_size is not None and self.batch_size > problem.n:
             raise ValueError(f"batch_size ({self.batch_size}) must be <= n = {problem.n}")
@@ -211,11 +274,9 @@ class Trajectory(NamedTuple):
     records: dict[str, jax.Array]
 
 
-def check_run_arguments(key, problem, config) -> None:
-    """Raises a ValueError naming the argument unless `key` is a PRNG key (not checked when
-    None), `problem` a `Problem` and `config` a `SimConfig`."""
-    if key is not None:
-        _checks.check_key(key)
+def check_problem_and_config(problem, config) -> None:
+    """Raises a ValueError naming the argument unless `problem` is a `Problem` and `config` a
+    `SimConfig`."""
     if not isinstance(problem, Problem):
         raise ValueError(
             f"problem must be a noisydln.Problem (make_problem, problem_from_data), got "
@@ -223,6 +284,12 @@ def check_run_arguments(key, problem, config) -> None:
         )
     if not isinstance(config, SimConfig):
         raise ValueError(f"config must be a noisydln.SimConfig, got {_checks.describe(config)}")
+
+
+def check_run_arguments(key, problem, config) -> None:
+    """`check_problem_and_config`, and `key` must be a PRNG key."""
+    _checks.check_key(key)
+    check_problem_and_config(problem, config)
 
 
 def simulate(
@@ -304,7 +371,7 @@ def scan_records(
 def _simulate_jit(key, problem, hyper, params, config):
     rule = config.rule()
     return scan_records(
-        algorithms.init_state(params, config.momentum),
+        config.init_state(params),
         config.record_steps(),
         lambda state, start, stop: advance(rule, key, state, problem, hyper, start, stop),
         lambda state, _, step: observe(rule, key, state, problem, hyper, step, config.quantities),

@@ -1,6 +1,7 @@
 """Checkpoint and resume against a run that never stopped: the same numbers, bit for bit.
 
-A real `noisydln run` process is killed with SIGKILL after its first checkpoint and resumed;
+A real `noisydln run` process (one device) is killed with SIGKILL after its first checkpoint and
+resumed on two devices;
 from Python, runs are interrupted between chunks (in the middle of the first of two static
 combinations, and of the second) and continued, also on another number of devices. A
 checkpoint of another spec or noisydln version is refused.
@@ -239,7 +240,8 @@ def test_killed_cli_run_resumed_vs_uninterrupted(spec, uninterrupted, tmp_path):
     _, err = refused.communicate(timeout=120)
     assert refused.returncode == 2 and "pass --resume" in err and "Traceback" not in err
 
-    resumed = _noisydln("run", str(spec_path), "-o", str(out), "--resume", "-q")
+    two_devices = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2")
+    resumed = _noisydln("run", str(spec_path), "-o", str(out), "--resume", "-q", env=two_devices)
     stdout, err = resumed.communicate(timeout=300)
     assert resumed.returncode == 0, err
     assert not saved.exists()  # removed once OUT is safe

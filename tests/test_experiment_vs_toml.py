@@ -77,6 +77,9 @@ FULL_SPECS = {
         noise = "uniform"
         momentum = 0.5
         quantities = ["beta", "imbalance", "trace_gap", "sharpness_gap"]
+        weight_decay = 0.0001
+        schedule = "cosine"
+        schedule_alpha = 0.25
         [grid]
         num_seeds = 2147483647
         sigmas = [0.0, 0.1, 0.30000000000000004]
@@ -108,6 +111,9 @@ FULL_SPECS = {
         sigma = 0.0
         init = 0.05
         batch_size = 8
+        schedule = "step"
+        schedule_boundaries = [100, 500, 999]
+        schedule_factor = 0.5
         [grid]
         num_seeds = 17
         depths = [2, 3, 4]

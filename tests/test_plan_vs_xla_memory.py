@@ -19,7 +19,7 @@ LOWER, UPPER = 1.0, 3.0
 @pytest.mark.parametrize(
     "n,d,depth,algorithm,sigmas,seeds,keep,devices",
     [
-        (200, 100, 2, "stochastic_sam", 8, 256, False, 2),  # W1's shape, fewer seeds
+        (200, 100, 2, "stochastic_sam", 8, 256, False, 1),  # W1's shape, fewer seeds
         (40, 8, 3, "sam", 2, 256, True, 1),
         (50, 20, 2, "minibatch_sgd", 4, 512, False, 1),
     ],
