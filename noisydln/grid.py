@@ -362,18 +362,26 @@ def run_grid(
     firsts = range(state.next_seed, num_seeds, plan.chunk_size)
     done_before = plan.num_chunks - len(firsts)
     acc, kept = state.moments, []
+    def report(done_acc, next_seed, index):  # after chunk `index` has finished
+        if on_chunk is not None:
+            on_chunk(GridState(_fetch(done_acc), next_seed))
+        if progress is not None:
+            jax.block_until_ready(done_acc)
+            progress(done_before + index + 1, plan.num_chunks)
+
+    pending = None  # the last chunk dispatched; reported once the next one is on its way
     for index, first in enumerate(firsts):
         acc, values = _run_chunk(
             acc, key, jnp.int32(first), jnp.int32(num_seeds), problem, grid.hyper, grid.params0,
             config=config.static(), keep=keep_trajectories, mesh=mesh, chunk_size=plan.chunk_size,
         )  # fmt: skip
+        if pending is not None:
+            report(*pending)  # saving overlaps the chunk just dispatched
+        pending = (acc, min(first + plan.chunk_size, num_seeds), index)
         if keep_trajectories:
             kept.append(_fetch(values))
-        if on_chunk is not None:
-            on_chunk(GridState(_fetch(acc), min(first + plan.chunk_size, num_seeds)))
-        if progress is not None:
-            jax.block_until_ready(acc)
-            progress(done_before + index + 1, plan.num_chunks)
+    if pending is not None:
+        report(*pending)
     return _assemble(acc, kept, config, grid.shape, grid.axes, num_seeds)
 
 

@@ -47,9 +47,12 @@ def peak_memory_mb(jax_module=None) -> tuple[float, str]:
 
 
 def set_host_devices(devices: int | None) -> None:
-    """Asks XLA for `devices` host devices (before JAX starts), unless XLA_FLAGS is set."""
-    if devices and "XLA_FLAGS" not in os.environ:
-        os.environ["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
+    """Asks JAX for `devices` CPU devices (before its backend starts; `python -m` has imported
+    noisydln, which asked for one per core, already)."""
+    if devices:
+        import jax
+
+        jax.config.update("jax_num_cpu_devices", devices)
 
 
 def worker_command(module: str, argv: list[str]) -> tuple[list[str], dict[str, str]]:
