@@ -69,3 +69,27 @@ def _xla_chunk_bytes(problem, config, *, num_seeds, sigmas, keep, devices):
 def xla_chunk_bytes():
     """XLA's memory analysis of one compiled chunk of `run_grid` (see `_xla_chunk_bytes`)."""
     return _xla_chunk_bytes
+
+
+# Longest modules first, so that pytest-xdist (`--dist loadfile` hands out whole modules in
+# collection order) does not leave one worker alone with a long module at the end. The order is
+# from measured durations (`--durations`); a module not listed runs after these, in file order.
+LONGEST_FIRST = (
+    "test_notebooks_run.py",
+    "test_checkpoint_vs_uninterrupted_run.py",
+    "test_distributed_vs_one_process.py",
+    "test_checks_vs_realistic_errors.py",
+    "test_stats_vs_closed_forms.py",
+    "test_grid_vs_per_seed_reference.py",
+    "test_grid_invariance.py",
+    "test_results_vs_run_grid.py",
+    "test_theory_vs_quadrature.py",
+    "test_readme_runs.py",
+    "test_cli_run_and_demo.py",
+    "test_plan_vs_xla_memory.py",
+)
+
+
+def pytest_collection_modifyitems(items):
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable within a module

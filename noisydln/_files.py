@@ -33,3 +33,14 @@ def atomic_write(path: str | Path, write: Callable[[str], None]) -> Path:
         if os.path.exists(temporary):
             os.remove(temporary)
     return path
+
+
+def remove_leftovers(path: str | Path) -> list[Path]:
+    """Deletes the temporary files that `atomic_write(path, ...)` calls of a killed process left
+    beside `path` (`.NAME.*.part`), and returns them. Call it only where no other process is
+    writing `path` (a resumed run: one process writes its checkpoint and results)."""
+    path = Path(path)
+    leftovers = sorted(path.parent.glob(f".{path.name}.*.part")) if path.parent.is_dir() else []
+    for leftover in leftovers:
+        leftover.unlink(missing_ok=True)
+    return leftovers

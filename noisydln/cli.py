@@ -23,6 +23,7 @@ import jax.numpy as jnp
 
 from noisydln import problem as problem_lib
 from noisydln import theory
+from noisydln._files import remove_leftovers
 
 # The bad inputs a command reports in one line (FileNotFoundError, FileExistsError are OSErrors).
 INPUT_ERRORS = (ValueError, TypeError, OSError)
@@ -402,6 +403,7 @@ def _run(args: argparse.Namespace) -> int:
     checkpoint = checkpoint_path(out)
     if main:
         _check_output(out, args.overwrite)
+        remove_leftovers(out)  # a temporary OUT of a run killed while writing it
         if checkpoint.exists() and not args.resume:
             raise FileExistsError(
                 f"{str(checkpoint)!r} holds an interrupted run: pass --resume to continue it, "

@@ -26,7 +26,7 @@ import numpy as np
 import xarray as xr
 
 from noisydln import checkpoint as checkpoint_lib
-from noisydln._files import atomic_write
+from noisydln._files import atomic_write, remove_leftovers
 from noisydln.dataset import CELL_DIMS, build_dataset, noise_label
 from noisydln.experiment import Experiment, build_problem
 from noisydln.grid import GridResult, GridState, grid_plan, run_grid
@@ -194,6 +194,10 @@ def _offset(progress, done: int, total: int):
 
 
 def _checkpoint_states(path, spec: Experiment) -> list[GridState]:
+    """The states saved at `path` (none if there is no checkpoint), after deleting what a killed
+    save left beside it (process 0, the one that writes checkpoints)."""
+    if path is not None and jax.process_index() == 0:
+        remove_leftovers(path)
     if path is None or not Path(path).exists():
         return []
     return checkpoint_lib.load(path, spec)

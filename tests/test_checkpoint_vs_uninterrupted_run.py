@@ -35,7 +35,7 @@ design = "orthogonal"
 beta_star = [1.0, -0.5, 0.05, 0.0]
 
 [simulation]
-num_steps = 400
+num_steps = 200
 record_every = 100
 init = 0.5
 eta = 0.05
@@ -117,8 +117,10 @@ def test_complete_checkpoint_returns_without_running(spec, uninterrupted, tmp_pa
     first = results.run_experiment(spec, checkpoint=path)
     assert_same_statistics(first.drop_attrs(), uninterrupted.drop_attrs())
     calls = []
+    killed_save = tmp_path / ".run.checkpoint.x1y2.part"  # what a save killed midway leaves
+    killed_save.write_bytes(b"half a checkpoint")
     again = results.run_experiment(spec, checkpoint=path, progress=lambda i, n: calls.append(i))
-    assert calls == []
+    assert calls == [] and not killed_save.exists()
     assert_same_statistics(again.drop_attrs(), uninterrupted.drop_attrs())
 
 

@@ -32,6 +32,7 @@ num_steps = 200
 record_every = 50
 init = 0.5
 eta = 0.05
+quantities = ["beta", "imbalance", "loss"]
 
 [grid]
 num_seeds = 200
@@ -40,6 +41,7 @@ chunk_size = 64
 
 [run]
 dtype = "float64"
+reference = false  # one compiled program per process: the test is about the sharding
 """
 
 CODE = "import sys; from noisydln.cli import main; sys.exit(main(sys.argv[1:]))"

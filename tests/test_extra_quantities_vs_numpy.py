@@ -42,7 +42,10 @@ def run(depth: int, dtype, sigma: float):
     return problem, {k: np.asarray(v[0, 0, 0], dtype=float) for k, v in result.trajectories.items()}
 
 
-@pytest.mark.parametrize("depth,dtype", [(2, jnp.float32), (3, jnp.float64), (3, jnp.float32)])
+@pytest.mark.parametrize(
+    "depth,dtype",
+    [(2, jnp.float32), pytest.param(3, jnp.float64, marks=pytest.mark.slow), (3, jnp.float32)],
+)
 def test_extra_quantities_vs_numpy_formulas(depth, dtype):
     sigma = 0.4
     problem, kept = run(depth, dtype, sigma)

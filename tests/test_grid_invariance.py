@@ -50,6 +50,7 @@ def digest_with_devices(count: int, chunk: str) -> tuple[int, str]:
     return int(devices), digest
 
 
+@pytest.mark.slow  # bits across device counts are also compared by the resumed-run and two-process tests
 def test_two_devices_do_not_change_a_bit():
     reference = digest_with_devices(1, "none")
     assert reference[0] == 1

@@ -50,7 +50,7 @@ def problem(key):
     return noisydln.make_problem(key, 30, 6, k=2, noise_std=0.1)
 
 
-@pytest.mark.parametrize("depth", [2, 3])
+@pytest.mark.parametrize("depth", [2, pytest.param(3, marks=pytest.mark.slow)])
 def test_kept_trajectories_vs_reference_with_the_same_noise(key, problem, depth):
     init = 0.6 * np.ones((depth, 6))
     init[0, ::2] *= -1

@@ -26,7 +26,7 @@ def random_factorisations(key, beta, depth, count, spread):
     return jnp.concatenate([free, last[:, None, :]], axis=1)
 
 
-@pytest.mark.parametrize("depth", [2, 3, 4])
+@pytest.mark.parametrize("depth", [2, 3, pytest.param(4, marks=pytest.mark.slow)])
 def test_balanced_minimises_sharpness_and_trace_over_random_factorisations(key, depth):
     key_problem, key_beta, key_factors = jax.random.split(key, 3)
     problem = noisydln.make_problem(key_problem, 30, 5, noise_std=0.1)
@@ -58,7 +58,7 @@ def test_balanced_minimises_sharpness_and_trace_over_random_factorisations(key, 
     assert float(jnp.min(sharpness)) < 1.001 * float(min_sharpness)
 
 
-@pytest.mark.parametrize("depth", [2, 3])
+@pytest.mark.parametrize("depth", [2, pytest.param(3, marks=pytest.mark.slow)])
 def test_balanced_is_a_critical_point_of_sharpness_on_the_fibre(key, depth):
     """Moving along the fibre w_l -> w_l e^{t_l} (sum t_l = 0) does not change S to first order."""
     problem = noisydln.make_problem(key, 30, 5, noise_std=0.1)

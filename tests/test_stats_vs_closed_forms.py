@@ -60,6 +60,7 @@ def test_check_balancing_rejects_a_wrong_rate(balancing_setup):
     assert rate_rows and not any(row.passed for row in rate_rows), report.table()
 
 
+@pytest.mark.slow  # a gross error; tests/test_checks_vs_realistic_errors.py rejects 10 % ones
 def test_check_balancing_rejects_an_engine_with_doubled_noise_variance(
     balancing_setup, monkeypatch
 ):
@@ -113,6 +114,7 @@ def limit_setup():
     return problem, config, key
 
 
+@pytest.mark.slow  # 16000 steps; the limit check passes and rejects in tests/test_checks_vs_realistic_errors.py
 def test_check_limit_passes_with_the_bias_shrinking(limit_setup):
     problem, config, key = limit_setup
     result = noisydln.run_grid(
@@ -123,6 +125,7 @@ def test_check_limit_passes_with_the_bias_shrinking(limit_setup):
     assert any("extrapolation" in row.quantity for row in report.rows)
 
 
+@pytest.mark.slow  # a gross error; tests/test_checks_vs_realistic_errors.py rejects 10 % ones
 def test_check_limit_rejects_an_engine_with_doubled_noise_variance(limit_setup):
     problem, config, key = limit_setup
     louder = noisydln.run_grid(
@@ -176,7 +179,7 @@ def test_validate_reports_every_claim_reproduced():
     assert "verdict" in report.table()
 
 
-@pytest.mark.parametrize("depth,sigma", [(3, 0.5), (4, 0.6)])
+@pytest.mark.parametrize("depth,sigma", [(3, 0.5), pytest.param(4, 0.6, marks=pytest.mark.slow)])
 def test_check_limit_judges_the_basins_of_gd_on_the_expected_loss(depth, sigma):
     """A start below the saddle goes to 0; predicting with a start above it is rejected."""
     target = np.array([2.0, 1.5, -1.8, 0.5, 0.0, 0.3])

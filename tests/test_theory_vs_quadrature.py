@@ -34,7 +34,7 @@ def make_case(key, depth, d=3):
     return problem, jax.random.normal(key_params, (depth, d))
 
 
-@pytest.mark.parametrize("depth,d", [(2, 3), (3, 3), (4, 2)])
+@pytest.mark.parametrize("depth,d", [(2, 3), (3, 3), pytest.param(4, 2, marks=pytest.mark.slow)])
 def test_expected_loss_and_grad_vs_quadrature(key, depth, d):
     problem, params = make_case(key, depth, d)
     exact_loss = gaussian_expectation(
@@ -53,7 +53,7 @@ def test_expected_loss_and_grad_vs_quadrature(key, depth, d):
     )
 
 
-@pytest.mark.parametrize("depth", [2, 3, 4])
+@pytest.mark.parametrize("depth", [2, 3, pytest.param(4, marks=pytest.mark.slow)])
 def test_expected_grad_vs_autodiff_of_expected_loss(key, depth):
     problem, params = make_case(key, depth, d=6)
     np.testing.assert_allclose(
@@ -89,7 +89,7 @@ def test_imbalance_factor_vs_quadrature_of_one_stochastic_step(key):
     assert np.max(np.abs(first_order * before - exact)) > 1e-2
 
 
-@pytest.mark.parametrize("depth", [2, 3, 4])
+@pytest.mark.parametrize("depth", [2, 3, pytest.param(4, marks=pytest.mark.slow)])
 def test_imbalance_after_gd_vs_one_gd_step(key, depth):
     problem, params = make_case(key, depth, d=5)
     stepped = params - ETA * jax.grad(theory.expected_loss)(params, problem, SIGMA)
