@@ -1,6 +1,7 @@
-"""noisydln: Monte Carlo simulation of stochastic SAM on diagonal linear networks, in JAX."""
+"""noisydln: Monte Carlo simulation of stochastic SAM on diagonal (and dense) linear networks, in JAX."""
 
 from noisydln import algorithms as algorithms
+from noisydln import networks as networks
 from noisydln import noise as noise
 from noisydln import quantities as quantities
 from noisydln import results as results

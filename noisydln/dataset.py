@@ -4,8 +4,11 @@
 with named dimensions `algorithm, depth, noise, sigma, eta, init_scale, step` (always kept,
 length 1 included) and `layer, coord` where a quantity has them: `q_mean`, `q_sem`, `q_count`
 per recorded quantity, `diverged`, the closed-form predictions (`beta_limit`, `threshold`,
-`imbalance_flow`, the balanced minima at the limit), `q_gd_LR` (GD on L_R from the same start)
-and the problem itself (`X`, `y`, `beta_star`, `z`).
+`imbalance_flow`, the balanced minima at the limit; diagonal network only), `q_gd_LR` (GD on
+L_R from the same start) and the problem itself (`X`, `y`, `beta_star`, `z`). Each quantity's
+dimensions and description come from its network family (`noisydln.networks`): `layer` is the
+imbalance's layer `2..L` of the diagonal network, the hidden layer `1..L-1` of `D_l` of a
+dense one, whose `imbalance_drift_residual` has its own `imbalance_entry` dimension.
 """
 
 import datetime
@@ -18,18 +21,18 @@ import xarray as xr
 from noisydln import theory
 from noisydln.grid import GridResult
 from noisydln.problem import Problem
-from noisydln.quantities import DESCRIPTIONS
 from noisydln.simulate import SimConfig
 from noisydln.stats.limits import is_diagonal, predicted_limit
 
 STATIC_DIMS = ("algorithm", "depth", "noise")
 GRID_DIMS = ("sigma", "eta", "init_scale")
 CELL_DIMS = STATIC_DIMS + GRID_DIMS
-
-
-def _quantity_dims(name: str, ndim: int) -> tuple[str, ...]:
-    """The named dimensions of one record of a quantity (`imbalance: [layer, coord]`)."""
-    return {0: (), 1: ("coord",), 2: ("layer", "coord")}[ndim]
+CONVENTIONS = {
+    "diagonal": "loss (1/n)||y - X beta||^2; time = eta * step; imbalance = w_l^2 - w_1^2; "
+    "sem = sqrt(var / count); theory in docs/theory.md",
+    "dense": "loss (1/n)||y - X beta||^2; time = eta * step; imbalance D_l = W_(l+1)^T W_(l+1) "
+    "- W_l W_l^T of hidden layer l; sem = sqrt(var / count); theory in docs/dense.md",
+}
 
 
 def noise_label(config: SimConfig) -> str:
@@ -66,6 +69,7 @@ def build_dataset(spec, problem, configs, results, references, wall, devices) ->
     first = results[0]
     steps = first.steps
     max_layers = max(depths) - 1
+    family = configs[0].family()  # one family per experiment (`network`, `widths`)
     coords = {
         "algorithm": algorithms,
         "depth": depths,
@@ -74,7 +78,7 @@ def build_dataset(spec, problem, configs, results, references, wall, devices) ->
         "eta": first.etas,
         "init_scale": first.init_scales,
         "step": steps,
-        "layer": np.arange(2, max_layers + 2),
+        "layer": family.layer_coordinate(max(depths)),
         "coord": np.arange(problem.d),
         "time": (("eta", "step"), first.etas[:, None] * steps[None, :]),
     }
@@ -86,24 +90,25 @@ def build_dataset(spec, problem, configs, results, references, wall, devices) ->
     for name in first.mean:
         per = [_grid_arrays(r, name) for r in results]
         inner = max(p[0].shape[4:] for p in per)  # the deepest network's shape
-        dims = CELL_DIMS + ("step",) + _quantity_dims(name, len(inner))
+        dims = CELL_DIMS + ("step",) + family.dims(name, len(inner))
         full = (len(first.sigmas), len(first.etas), len(first.init_scales), len(steps)) + inner
         for which, suffix in enumerate(("mean", "sem")):
             stacked = _stack([p[which] for p in per], full)
             data[f"{name}_{suffix}"] = (dims, _place(stacked, order, static_shape))
         counts = _stack([p[2] for p in per], full[:4], fill=0).astype(np.int64)
         data[f"{name}_count"] = (CELL_DIMS + ("step",), _place(counts, order, static_shape))
-        shape, meaning = DESCRIPTIONS[name]
+        shape, meaning = family.describe(name)
         for suffix in ("mean", "sem"):
             data[f"{name}_{suffix}"] += (
                 {"long_name": f"{suffix} over seeds of {meaning}", "shape": shape},
             )
     diverged = np.stack([np.asarray(r.diverged) for r in results])
     data["diverged"] = (CELL_DIMS, _place(diverged, order, static_shape))
-    data.update(_reference_variables(references, depths, first, max_layers))
-    theory_vars = _theory_variables(problem, configs, depths, first, steps, max_layers)
-    run_dtype = np.asarray(problem.gram).dtype  # in the run's precision, like every other variable
-    data.update({k: (dims, v.astype(run_dtype), a) for k, (dims, v, a) in theory_vars.items()})
+    data.update(_reference_variables(references, depths, first, family))
+    if family.name == "diagonal":  # the closed forms of docs/theory.md s2-s4
+        theory_vars = _theory_variables(problem, configs, depths, first, steps, max_layers)
+        run_dtype = np.asarray(problem.gram).dtype  # the run's precision, like every variable
+        data.update({k: (dims, v.astype(run_dtype), a) for k, (dims, v, a) in theory_vars.items()})
     data.update(_problem_variables(problem))
     ds = xr.Dataset(data, coords=coords)
     device_kind, device_count = _device_description(devices)
@@ -122,8 +127,8 @@ def build_dataset(spec, problem, configs, results, references, wall, devices) ->
         "num_seeds": spec.grid.num_seeds,
         "dtype": spec.run.dtype,
         "diagonal_design": int(is_diagonal(problem)),
-        "conventions": "loss (1/n)||y - X beta||^2; time = eta * step; imbalance = w_l^2 - w_1^2; "
-        "sem = sqrt(var / count); theory in docs/theory.md",
+        "network": family.name,
+        "conventions": CONVENTIONS.get(family.name, CONVENTIONS["diagonal"].split("; imb")[0]),
     }
     return ds
 
@@ -146,7 +151,7 @@ def _place(stacked: np.ndarray, order, static_shape) -> np.ndarray:
     return out
 
 
-def _reference_variables(references, depths, first, max_layers) -> dict:
+def _reference_variables(references, depths, first, family) -> dict:
     """`q_gd_LR[depth, sigma, eta, init_scale, step, ...]`: GD on L_R from the same start."""
     if not references:
         return {}
@@ -159,8 +164,8 @@ def _reference_variables(references, depths, first, max_layers) -> dict:
         array = np.full(shape, np.nan, dtype=next(iter(per.values())).dtype)
         for depth, values in per.items():
             array[(depths.index(depth),) + tuple(slice(0, n) for n in values.shape)] = values
-        dims = ("depth",) + GRID_DIMS + ("step",) + _quantity_dims(name, len(inner))
-        meaning = DESCRIPTIONS[name][1]
+        dims = ("depth",) + GRID_DIMS + ("step",) + family.dims(name, len(inner))
+        meaning = family.describe(name)[1]
         out[f"{name}_gd_LR"] = (
             dims,
             array,

@@ -7,6 +7,10 @@ entry of every `W_l` by independent `N(0, sigma^2)` noise (../shared/THEORY.md s
 
 Every function acts on ONE parameter tuple and one `Problem`; batch with `jax.vmap`. Shapes are
 static under `jit` (the depth and the widths are the tuple's structure), `sigma` is a traced leaf.
+Products and traces are sums in a fixed pairwise order (`noisydln.linalg`: `matvec`, `matmul`,
+`trace`), not XLA dots and reductions, whose summation order depends on the batch: so a
+trajectory's numbers do not depend on how many trajectories are computed with it (the engine's
+chunk and device invariance).
 Layers are numbered `l = 1..L` in docstrings; in code `params[k]` is `W_{k+1}`.
 
 Notation (docs/dense.md): `B_l = W_l ... W_1` `[h_l, d]` (`B_0 = I_d`), `a_l = (W_L ... W_{l+1})^T`
@@ -23,7 +27,8 @@ import numpy as np
 from jax.typing import ArrayLike
 
 from noisydln import _checks
-from noisydln.model import loss_of_beta, residual
+from noisydln.linalg import matmul, matvec, trace, vecmat
+from noisydln.model import pairwise_sum
 from noisydln.problem import Problem
 
 Params = tuple[jax.Array, ...]
@@ -152,7 +157,7 @@ def _after_vectors(params: Params) -> list[jax.Array]:
     """`[a_0, ..., a_L]`, `a_l = (W_L ... W_{l+1})^T` `[h_l]`, by matrix-vector products."""
     after = [jnp.ones((1,), params[-1].dtype)]
     for w in reversed(params):
-        after.insert(0, after[0] @ w)
+        after.insert(0, vecmat(after[0], w))
     return after
 
 
@@ -160,7 +165,7 @@ def _forward_vectors(params: Params, v: jax.Array) -> list[jax.Array]:
     """`[B_0 v, ..., B_{L-1} v]` for `v [d]` (`B_l = W_l ... W_1`)."""
     out = [v]
     for w in params[:-1]:
-        out.append(w @ out[-1])
+        out.append(matvec(w, out[-1]))
     return out
 
 
@@ -168,7 +173,7 @@ def _before_matrices(params: Params) -> list[jax.Array]:
     """`[B_0, ..., B_{L-1}]`, `B_l = W_l ... W_1` `[h_l, d]`."""
     out = [jnp.eye(params[0].shape[1], dtype=params[0].dtype)]
     for w in params[:-1]:
-        out.append(w @ out[-1])
+        out.append(matmul(w, out[-1]))
     return out
 
 
@@ -176,6 +181,18 @@ def end_to_end(params: Params) -> jax.Array:
     """`beta = (W_L ... W_1)^T`, `[d]`."""
     check_params(params)
     return _after_vectors(params)[0]
+
+
+def residual(beta: jax.Array, problem: Problem) -> jax.Array:
+    """`r = 2 (b - Sigma beta)`, minus the gradient of the loss in beta, `[d]`: `model.residual`
+    with `Sigma beta` summed in a fixed order (`linalg.vecmat`)."""
+    return 2 * (problem.xty - vecmat(beta, problem.gram))
+
+
+def loss_of_beta(beta: jax.Array, problem: Problem) -> jax.Array:
+    """`beta^T (Sigma beta - 2 b) + y^T y / n`, scalar: `model.loss_of_beta` with `Sigma beta`
+    summed in a fixed order."""
+    return pairwise_sum(beta * (vecmat(beta, problem.gram) - 2 * problem.xty)) + problem.yty
 
 
 def loss(params: Params, problem: Problem) -> jax.Array:
@@ -193,9 +210,16 @@ def grad(params: Params, problem: Problem) -> Params:
     From `beta^T = a_l^T W_l B_{l-1}` and `dL/dbeta = -r` (docs/dense.md s1).
     """
     check_params(params, problem.d)
+    return pullback(params, -residual(end_to_end(params), problem))
+
+
+def pullback(params: Params, beta_grad: jax.Array) -> Params:
+    """`dF/dW_l = a_l (B_{l-1} g)^T` for a function `F(beta)` with `dF/dbeta = g` (`beta_grad:
+    [d]`), like params: from `beta^T = a_l^T W_l B_{l-1}` (docs/dense.md s1)."""
+    check_params(params)
     after = _after_vectors(params)
-    inputs = _forward_vectors(params, residual(after[0], problem))
-    return tuple(-after[k + 1][:, None] * inputs[k][None, :] for k in range(len(params)))
+    inputs = _forward_vectors(params, beta_grad)
+    return tuple(after[k + 1][:, None] * inputs[k][None, :] for k in range(len(params)))
 
 
 def perturbed_grad(key: jax.Array, params: Params, problem: Problem, sigma: ArrayLike) -> Params:
@@ -270,8 +294,11 @@ def hessian_trace(params: Params, problem: Problem) -> jax.Array:
     """
     check_params(params, problem.d)
     after = _after_vectors(params)
-    energies = [jnp.trace(n) for n in input_moments(params, problem, 0.0)]
-    return 2 * sum(jnp.sum(after[k + 1] ** 2) * energies[k] for k in range(len(params)))
+    moments = [problem.gram]  # the noiseless input moments B_l Sigma B_l^T
+    for w in params[:-1]:
+        moments.append(matmul(matmul(w, moments[-1]), w.T))
+    terms = [pairwise_sum(after[k + 1] ** 2) * trace(moments[k]) for k in range(len(params))]
+    return 2 * pairwise_sum(jnp.stack(terms))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -290,7 +317,7 @@ def input_moments(params: Params, problem: Problem, sigma: ArrayLike) -> list[ja
     for w in params:
         previous = moments[-1]
         identity = jnp.eye(w.shape[0], dtype=w.dtype)
-        moments.append(w @ previous @ w.T + s2 * jnp.trace(previous) * identity)
+        moments.append(matmul(matmul(w, previous), w.T) + s2 * trace(previous) * identity)
     return moments
 
 
@@ -307,7 +334,7 @@ def output_moments(params: Params, sigma: ArrayLike) -> list[jax.Array]:
     for w in reversed(params):
         following = moments[0]
         identity = jnp.eye(w.shape[1], dtype=w.dtype)
-        moments.insert(0, w.T @ following @ w + s2 * jnp.trace(following) * identity)
+        moments.insert(0, matmul(matmul(w.T, following), w) + s2 * trace(following) * identity)
     return moments
 
 
@@ -327,7 +354,22 @@ def expected_loss(params: Params, problem: Problem, sigma: ArrayLike) -> jax.Arr
     """
     beta = end_to_end(params)
     noisy_quadratic = input_moments(params, problem, sigma)[-1][0, 0]
-    return problem.yty - 2 * jnp.vdot(problem.xty, beta) + noisy_quadratic
+    return problem.yty - 2 * pairwise_sum(problem.xty * beta) + noisy_quadratic
+
+
+def average_sharpness(params: Params, problem: Problem, sigma: ArrayLike) -> jax.Array:
+    """`S = L_R - L = N_L(sigma) - N_L(0)`, scalar, by the recursion of the difference
+    `Delta_0 = 0`, `Delta_l = W_l Delta_(l-1) W_l^T + sigma^2 tr(N_(l-1)) I` (docs/dense.md s2):
+    exactly 0 at `sigma = 0`, whatever the rounding of the moments.
+    """
+    inputs = input_moments(params, problem, sigma)
+    s2 = jnp.asarray(sigma, params[0].dtype) ** 2
+    difference = s2 * trace(inputs[0]) * jnp.eye(params[0].shape[0], dtype=params[0].dtype)
+    for k in range(1, len(params)):  # (no arithmetic on a constant zero Delta_0: see linalg)
+        identity = jnp.eye(params[k].shape[0], dtype=params[k].dtype)
+        w = params[k]
+        difference = matmul(matmul(w, difference), w.T) + s2 * trace(inputs[k]) * identity
+    return difference[0, 0]
 
 
 def expected_grad(params: Params, problem: Problem, sigma: ArrayLike) -> Params:
@@ -341,7 +383,8 @@ def expected_grad(params: Params, problem: Problem, sigma: ArrayLike) -> Params:
     after = _after_vectors(params)
     b_in = _forward_vectors(params, problem.xty)
     return tuple(
-        2 * outputs[k + 1] @ w @ inputs[k] - 2 * after[k + 1][:, None] * b_in[k][None, :]
+        2 * matmul(matmul(outputs[k + 1], w), inputs[k])
+        - 2 * after[k + 1][:, None] * b_in[k][None, :]
         for k, w in enumerate(params)
     )
 
@@ -350,7 +393,8 @@ def imbalance(params: Params) -> tuple[jax.Array, ...]:
     """`D_l = W_{l+1}^T W_{l+1} - W_l W_l^T`, `[h_l, h_l]`, for `l = 1..L-1` (conserved without noise)."""
     check_params(params)
     return tuple(
-        params[k + 1].T @ params[k + 1] - params[k] @ params[k].T for k in range(len(params) - 1)
+        matmul(params[k + 1].T, params[k + 1]) - matmul(params[k], params[k].T)
+        for k in range(len(params) - 1)
     )
 
 
@@ -366,9 +410,9 @@ def weighted_gap(params: Params, problem: Problem, sigma: ArrayLike) -> tuple[ja
     gaps = []
     for k in range(len(params) - 1):
         w_in, w_out = params[k], params[k + 1]
-        outgoing = w_out.T @ outputs[k + 2] @ w_out
-        incoming = w_in @ inputs[k] @ w_in.T
-        gaps.append(jnp.trace(inputs[k]) * outgoing - jnp.trace(outputs[k + 2]) * incoming)
+        outgoing = matmul(matmul(w_out.T, outputs[k + 2]), w_out)
+        incoming = matmul(matmul(w_in, inputs[k]), w_in.T)
+        gaps.append(trace(inputs[k]) * outgoing - trace(outputs[k + 2]) * incoming)
     return tuple(gaps)
 
 

@@ -16,8 +16,7 @@ import numpy as np
 import tomli_w
 import tomllib
 
-from noisydln import algorithms, noise, problem
-from noisydln.quantities import ALL_QUANTITIES
+from noisydln import algorithms, networks, noise, problem
 from noisydln.simulate import SimConfig
 
 DTYPES = ("float32", "float64")
@@ -95,8 +94,19 @@ def _number_or_list(path, value, low=None):
     return _float(path, value, low)
 
 
+def _matrix(path, value):
+    rows = _list(path, value, lambda p, row: _list(p, row, _float))
+    if len({len(row) for row in rows}) != 1:
+        raise _fail(path, "a rectangular array", value)
+    return rows
+
+
 def _init(path, value):
+    """A scale, `[depth, d]` rows (diagonal network) or a list of matrices (dense network)."""
     if isinstance(value, (list, tuple)):
+        first = value[0] if value else None
+        if isinstance(first, (list, tuple)) and first and isinstance(first[0], (list, tuple)):
+            return _list(path, value, _matrix)  # one matrix per layer
         rows = _list(path, value, lambda p, row: _list(p, row, _float))
         if len({len(row) for row in rows}) != 1:
             raise _fail(path, "a scale or a rectangular array [depth, d]", value)
@@ -138,7 +148,8 @@ class ProblemSpec:
     `data` is a `.npz` file with arrays `X: [n, d]` and `y: [n]` (optionally `beta_star: [d]`)
     or a `.csv` file whose last column is `y` (a header line is skipped); a relative path is
     relative to the spec file. Unset keys (None) take `make_problem`'s defaults; `n`, `d`
-    default to 100 and 20.
+    default to 100 and 20. `n_test` is the number of held-out rows that `test_loss` needs
+    (default 0: none; generated problems only).
     """
 
     n: int | None = None
@@ -149,6 +160,7 @@ class ProblemSpec:
     values: float | str | tuple[float, ...] | None = None
     beta_star: tuple[float, ...] | None = None
     noise_std: float | None = None
+    n_test: int | None = None
     seed: int = 0
     data: str | None = None
 
@@ -161,6 +173,7 @@ class ProblemSpec:
         "values": _values,
         "beta_star": lambda p, v: _list(p, v, _float),
         "noise_std": lambda p, v: _float(p, v, 0.0),
+        "n_test": lambda p, v: _int(p, v, 0),
         "seed": lambda p, v: _int(p, v, 0, _MAX_KEY_SEED),
         "data": lambda p, v: _path(p, v),
     }
@@ -242,12 +255,15 @@ _SIMULATION_CHECKS = {
     "noise": lambda p, v: _choice(p, v, noise.SAMPLERS),
     "momentum": lambda p, v: _float(p, v, 0.0, below=1.0),
     "batch_size": lambda p, v: _int(p, v, 1, _MAX_STEPS),
-    "quantities": lambda p, v: _list(p, v, lambda q, x: _choice(q, x, ALL_QUANTITIES)),
+    "quantities": lambda p, v: _list(p, v, lambda q, x: _choice(q, x, networks.all_quantities())),
     "weight_decay": lambda p, v: _float(p, v, 0.0),
     "schedule": lambda p, v: _choice(p, v, algorithms.SCHEDULES),
     "schedule_alpha": lambda p, v: _float(p, v, 0.0),
     "schedule_boundaries": lambda p, v: _list(p, v, lambda q, x: _int(q, x, 1, _MAX_STEPS)),
     "schedule_factor": lambda p, v: _float(p, v, 0.0),
+    "network": lambda p, v: _choice(p, v, networks.FAMILIES),
+    "widths": lambda p, v: _list(p, v, lambda q, x: _int(q, x, 1, _MAX_STEPS)),
+    "init_seed": lambda p, v: _int(p, v, 0, _MAX_KEY_SEED),
 }
 
 
@@ -263,8 +279,8 @@ def _section(cls, path: str, given: dict, checks: dict):
         if isinstance(error, SpecError):
             raise
         message = str(error)
-        if message.startswith("imbalance_step_residual"):  # names the quantity, not the key
-            message = f"quantities: {message}"
+        if message.startswith("imbalance_step_residual") or "is not a quantity of" in message:
+            message = f"quantities: {message}"  # names the quantity, not the key
         raise SpecError(f"{path}.{message}") from error
 
 
@@ -384,6 +400,10 @@ def _check_generated_problem(p: ProblemSpec, sim: SimConfig) -> None:
         raise SpecError(f"problem.k: must be <= d = {d}, got {p.k}")
     if design != "gaussian" and n < d:
         raise SpecError(f"problem.n: a {design} design needs n >= d = {d}, got {n}")
+    if design != "gaussian" and p.n_test is not None and 0 < p.n_test < d:
+        raise SpecError(
+            f"problem.n_test: a {design} design needs n_test >= d = {d}, got {p.n_test}"
+        )
     if (p.diag is not None) != (design == "diagonal"):
         raise SpecError(
             'problem.diag: must be given with design = "diagonal" and only then '
@@ -410,6 +430,13 @@ def _check_consistent(spec: Experiment) -> None:
             raise _fail("problem.data", "a .npz or .csv file", spec.problem.data)
     if spec.problem.beta_star is not None and spec.problem.k is not None:
         raise SpecError("problem.k: give either problem.beta_star or problem.k, not both")
+    if spec.simulation.network != "diagonal" and spec.grid.depths is not None:
+        other = [d for d in spec.grid.depths if d != spec.simulation.depth]
+        if other:
+            raise SpecError(
+                f"grid.depths: simulation.widths fixes the depth of a {spec.simulation.network} "
+                f"network to {spec.simulation.depth}, got depth {other[0]}"
+            )
     if isinstance(spec.simulation.init, tuple) and spec.grid.depths is not None:
         other = [d for d in spec.grid.depths if d != len(spec.simulation.init)]
         if other:
@@ -421,8 +448,12 @@ def _check_consistent(spec: Experiment) -> None:
         d, init, beta_star = spec.problem.d or 20, spec.simulation.init, spec.problem.beta_star
         if beta_star is not None and len(beta_star) != d:
             raise SpecError(f"problem.beta_star: must have d = {d} entries, got {len(beta_star)}")
-        if isinstance(init, tuple) and len(init[0]) != d:
-            raise SpecError(f"simulation.init: must have d = {d} columns, got {len(init[0])}")
+        if isinstance(init, tuple):
+            dense = spec.simulation.network == "dense"
+            columns = len(init[0][0] if dense else init[0])
+            if columns != d:
+                what = "W_1 must have" if dense else "must have"
+                raise SpecError(f"simulation.init: {what} d = {d} columns, got {columns}")
         _check_generated_problem(spec.problem, spec.simulation)
     sim, grid = spec.simulation, spec.grid
     for algorithm, depth, noise_law in itertools.product(
@@ -529,4 +560,11 @@ def build_problem(spec: Experiment, dtype) -> problem.Problem:
             X, y, beta = (np.asarray(a) for a in (drawn.X, drawn.y, drawn.beta_star))
     except ValueError as error:
         raise SpecError(f"problem: {error}") from error
-    return problem.problem_from_data(X.astype(dtype), y.astype(dtype), beta.astype(dtype))
+    built = problem.problem_from_data(X.astype(dtype), y.astype(dtype), beta.astype(dtype))
+    if not drawn.has_test_data:
+        return built
+    # the held-out statistics of the float64 draw, rounded (the held-out rows are not kept)
+    held_out = ("test_gram", "test_xty", "test_yty")
+    return built._replace(
+        **{k: jax.numpy.asarray(np.asarray(getattr(drawn, k)), built.gram.dtype) for k in held_out}
+    )

@@ -16,7 +16,6 @@ compared); the per-cell means and standard errors are those of independent runs.
 
 import functools
 import math
-import warnings
 from collections.abc import Callable
 from typing import NamedTuple
 
@@ -27,9 +26,17 @@ from jax.sharding import Mesh, PartitionSpec
 from jax.typing import ArrayLike
 
 from noisydln import algorithms, moments
-from noisydln.plan import ChunkPlan, RunSize, check_fits, default_devices, plan_chunks
+from noisydln.grid_result import GridResult as GridResult
+from noisydln.grid_result import assemble, fetch
+from noisydln.plan import (
+    ChunkPlan,
+    RunSize,
+    check_fits,
+    default_devices,
+    plan_chunks,
+    record_temporaries,
+)
 from noisydln.problem import Problem
-from noisydln.quantities import record
 from noisydln.simulate import (
     SimConfig,
     advance,
@@ -40,29 +47,6 @@ from noisydln.simulate import (
 )
 
 MAX_FLOAT32_SEEDS = 2**24  # float32 counts are exact integers up to here
-
-
-class GridResult(NamedTuple):
-    """Monte Carlo statistics of a grid run.
-
-    Every array in `mean`, `var` and `count` is `[S, E, I, R, *shape]`: S = len(sigmas),
-    E = len(etas), I = len(init_scales), R = len(steps) and `shape` the quantity's own
-    (`beta: [d]`, `imbalance: [depth - 1, d]`, scalars otherwise). `var` is the unbiased sample
-    variance over the finite trajectories, `count` their number. `diverged: [S, E, I]` counts
-    the trajectories that became non-finite (they are left out of the moments).
-    `trajectories` (only with `keep_trajectories=True`): `[S, E, I, num_seeds, R, *shape]`.
-    """
-
-    steps: np.ndarray
-    mean: dict[str, jax.Array]
-    var: dict[str, jax.Array]
-    count: dict[str, jax.Array]
-    sigmas: np.ndarray
-    etas: np.ndarray
-    init_scales: np.ndarray
-    num_seeds: int
-    diverged: np.ndarray
-    trajectories: dict[str, jax.Array] | None = None
 
 
 def _grid_axis(name: str, values, default: float) -> np.ndarray:
@@ -116,13 +100,14 @@ def _chunk(acc, key, first, num_seeds, problem, hyper, params0, *, config, keep,
     Args:
       acc: `Moments` with `count: [R, C]`, `mean[name]: [R, C, *shape]`.
       key: the root key; first: the chunk's first seed; num_seeds: seeds in the run (`[]`).
-      hyper: `Hyper` of `[C]` arrays; params0: `[C, depth, d]`.
+      hyper: `Hyper` of `[C]` arrays; params0: the network's parameters with a leading `[C]`
+        axis (`[C, depth, d]` for the diagonal network).
       axis_name: the mesh axis the seeds are sharded over, or None.
 
     Returns:
       `(acc, values)`, `values[name]: [R, size, C, *shape]` when `keep`, else None.
     """
-    rule = config.rule()
+    rule, family, quantities = config.rule(), config.family(), config.quantities
     seed_keys, valid = _seed_block(key, first, num_seeds, size, axis_name)
     states = jax.vmap(config.init_state)(params0)
     states = jax.tree.map(lambda x: jnp.broadcast_to(x, valid.shape + x.shape), states)
@@ -138,7 +123,7 @@ def _chunk(acc, key, first, num_seeds, problem, hyper, params0, *, config, keep,
     def observe_all(states, acc_r, step):
         def one_seed(key, cell_states):
             return jax.vmap(
-                lambda state, h: observe(rule, key, state, problem, h, step, config.quantities)
+                lambda state, h: observe(rule, key, state, problem, h, step, quantities, family)
             )(cell_states, hyper)
 
         values = jax.vmap(one_seed)(seed_keys, states)
@@ -184,7 +169,7 @@ class _Grid(NamedTuple):
 
     axes: tuple[np.ndarray, np.ndarray, np.ndarray]  # sigmas, etas, init scales
     hyper: algorithms.Hyper  # [C] per cell
-    params0: jax.Array  # [C, depth, d]
+    params0: object  # the network's parameters with a leading [C] axis: [C, depth, d], ...
     like: dict  # name -> ShapeDtypeStruct of one record of one trajectory
     state_elements: int
 
@@ -208,10 +193,12 @@ def _set_up(problem, config, sigmas, etas, init_scales) -> _Grid:
     )
     hyper = algorithms.Hyper(sigma=cell_sigma, eta=cell_eta)
     one = algorithms.Hyper(cell_sigma[0], cell_eta[0])
-    like = jax.eval_shape(lambda p: record(p, problem, one, config.quantities, next_params=p), base)
+    record = functools.partial(config.family().record, quantities=config.quantities)
+    like = jax.eval_shape(lambda p: record(p, problem, one, next_params=p), base)
     state = jax.eval_shape(config.init_state, base)
     state_elements = sum(math.prod(x.shape) for x in jax.tree.leaves(state))
-    return _Grid(axes, hyper, cell_scale[:, None, None] * base[None], like, state_elements)
+    params0 = jax.tree.map(lambda w: cell_scale.reshape((-1,) + (1,) * w.ndim) * w[None], base)
+    return _Grid(axes, hyper, params0, like, state_elements)
 
 
 def _run_size(grid: _Grid, problem, config, num_seeds, keep) -> RunSize:
@@ -230,6 +217,9 @@ def _run_size(grid: _Grid, problem, config, num_seeds, keep) -> RunSize:
         problem_elements=sum(x.size for x in jax.tree.leaves(problem)),
         itemsize=problem.gram.dtype.itemsize,
         keep=bool(keep),
+        record_temporaries=record_temporaries(
+            config.quantities, sum(math.prod(x.shape[1:]) for x in jax.tree.leaves(grid.params0))
+        ),
     )
 
 
@@ -362,9 +352,10 @@ def run_grid(
     firsts = range(state.next_seed, num_seeds, plan.chunk_size)
     done_before = plan.num_chunks - len(firsts)
     acc, kept = state.moments, []
+
     def report(done_acc, next_seed, index):  # after chunk `index` has finished
         if on_chunk is not None:
-            on_chunk(GridState(_fetch(done_acc), next_seed))
+            on_chunk(GridState(fetch(done_acc), next_seed))
         if progress is not None:
             jax.block_until_ready(done_acc)
             progress(done_before + index + 1, plan.num_chunks)
@@ -379,67 +370,7 @@ def run_grid(
             report(*pending)  # saving overlaps the chunk just dispatched
         pending = (acc, min(first + plan.chunk_size, num_seeds), index)
         if keep_trajectories:
-            kept.append(_fetch(values))
+            kept.append(fetch(values))
     if pending is not None:
         report(*pending)
-    return _assemble(acc, kept, config, grid.shape, grid.axes, num_seeds)
-
-
-def _fetch(tree):
-    """A pytree of (possibly multi-process) arrays as NumPy arrays on this host."""
-
-    def one(x):
-        if x.is_fully_addressable:
-            return np.asarray(jax.device_get(x))
-        if x.is_fully_replicated:
-            return np.asarray(x.addressable_data(0))
-        from jax.experimental import multihost_utils  # noqa: PLC0415 (multi-process runs only)
-
-        return np.asarray(multihost_utils.process_allgather(x, tiled=True))
-
-    return jax.tree.map(one, tree)
-
-
-def _assemble(total, kept, config, grid_shape, axes, num_seeds) -> GridResult:
-    """Reshapes `[R, C, ...]` moments to `[S, E, I, R, ...]` and reports divergence."""
-
-    def to_grid(x):
-        x = jnp.moveaxis(x, 1, 0)
-        return x.reshape(grid_shape + x.shape[1:])
-
-    mean = {k: to_grid(v) for k, v in moments.mean_or_nan(total).items()}
-    var = {k: to_grid(v) for k, v in moments.variance(total).items()}
-    count_grid = to_grid(total.count)
-    count = {
-        k: jnp.broadcast_to(count_grid.reshape(count_grid.shape + (1,) * (v.ndim - 4)), v.shape)
-        for k, v in mean.items()
-    }
-    diverged = np.asarray(num_seeds - count_grid[..., -1]).astype(int)
-    if diverged.any():
-        cells = [tuple(int(i) for i in idx) for idx in zip(*np.nonzero(diverged), strict=True)]
-        warnings.warn(
-            f"{int(diverged.sum())} trajectories became non-finite and were left out of the "
-            f"statistics; (sigma, eta, init) cells {cells[:5]}{' ...' if len(cells) > 5 else ''} "
-            "(see GridResult.diverged and count)",
-            RuntimeWarning,
-            stacklevel=3,
-        )
-    trajectories = None
-    if kept:
-        trajectories = {}
-        for k in kept[0]:
-            values = np.concatenate([chunk[k] for chunk in kept], axis=1)[:, :num_seeds]
-            values = np.moveaxis(values, (2, 1), (0, 1))  # [C, seeds, R, ...]
-            trajectories[k] = jnp.asarray(values.reshape(grid_shape + values.shape[1:]))
-    return GridResult(
-        steps=config.record_steps(),
-        mean=mean,
-        var=var,
-        count=count,
-        sigmas=axes[0],
-        etas=axes[1],
-        init_scales=axes[2],
-        num_seeds=num_seeds,
-        diverged=diverged,
-        trajectories=trajectories,
-    )
+    return assemble(acc, kept, config, grid.shape, grid.axes, num_seeds)

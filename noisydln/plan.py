@@ -22,6 +22,12 @@ STEP_TEMPORARIES = (
     6  # live copies of a state inside one step (noise, perturbed point, gradient, ...)
 )
 RECORD_TEMPORARIES = 3  # live copies of the recorded values (values, gathered, folded blocks)
+# vectors of the parameters' size per trajectory while `top_eigenvalue` is recorded: its Lanczos
+# recurrence keeps three (previous, current, next), the products p_l and the Hessian's
+# couplings two more, and its start one (`noisydln.eigen`); on a CPU, which computes it in
+# blocks, XLA's memory analysis of W1's chunk shows 2.4 per trajectory, where the whole batch
+# runs at once (an accelerator) all six
+LANCZOS_STATE_COPIES = 6
 KEPT_COPIES = 2  # kept records on the device: the scan's output, then with the first record
 HOST_COPIES = 2  # kept trajectories on the host: the chunks, then their concatenation
 MIN_BLOCKS = 2  # blocks of the fold per chunk, at least (see `round_chunk`)
@@ -33,7 +39,8 @@ class MemoryEstimate(NamedTuple):
 
     Attributes:
       states: training states of the device's seeds x cells, with the step's temporaries.
-      records: one record's values of the whole chunk (gathered over devices) and the fold's.
+      records: one record's values of the whole chunk (gathered over devices) and the fold's,
+        and the temporaries of computing them on the device (`RunSize.record_temporaries`).
       moments: the streamed moments, in and out of the compiled call.
       kept: the device's kept trajectories of the chunk (0 unless `keep_trajectories`).
       problem: the problem's arrays (X, gram, ...), replicated on every device.
@@ -61,7 +68,10 @@ class RunSize(NamedTuple):
       num_records: record steps; state_elements: numbers in one trajectory's state
       (parameters and optimiser state); record_elements: numbers one trajectory records at one
       record step (all quantities); problem_elements: numbers in the problem's arrays;
-      itemsize: bytes per number (4 for float32); keep: whether trajectories are kept.
+      itemsize: bytes per number (4 for float32); keep: whether trajectories are kept;
+      record_temporaries: numbers per trajectory that computing a record needs besides the
+      values (`record_temporaries(quantities, num_params)`: the Lanczos vectors of
+      `top_eigenvalue`).
     """
 
     num_seeds: int
@@ -72,6 +82,14 @@ class RunSize(NamedTuple):
     problem_elements: int
     itemsize: int
     keep: bool = False
+    record_temporaries: int = 0
+
+
+def record_temporaries(quantities, num_params: int) -> int:
+    """Numbers per trajectory live while a record of `quantities` is computed, beyond the
+    recorded values: `LANCZOS_STATE_COPIES` vectors of the `num_params` parameters for
+    `top_eigenvalue`, else 0."""
+    return LANCZOS_STATE_COPIES * num_params if "top_eigenvalue" in quantities else 0
 
 
 class ChunkPlan(NamedTuple):
@@ -150,7 +168,8 @@ def estimate_memory(size: RunSize, chunk_size: int, num_devices: int) -> MemoryE
     host_kept = HOST_COPIES * size.num_seeds * size.num_records * record_bytes
     return MemoryEstimate(
         states=STEP_TEMPORARIES * per_device * size.cells * size.state_elements * size.itemsize,
-        records=RECORD_TEMPORARIES * (chunk_size + per_device) * record_bytes,
+        records=RECORD_TEMPORARIES * (chunk_size + per_device) * record_bytes
+        + per_device * size.cells * size.record_temporaries * size.itemsize,
         moments=2 * moment_bytes * size.itemsize,
         kept=kept,
         problem=size.problem_elements * size.itemsize,

@@ -625,7 +625,11 @@ def supported_figures(ds: xr.Dataset) -> list[str]:
 
     `imbalance_decay` needs the imbalance and depth 2, `sharpness` the Hessian trace or the
     average sharpness, `limits` beta, `phase_diagram` a diagonal design (z must decouple).
+    Every figure draws the diagonal network's closed forms: none for another network's results
+    (`ds.attrs["network"]`).
     """
+    if ds.attrs.get("network", "diagonal") != "diagonal":
+        return []
     depths = np.asarray(ds["depth"].values).tolist()
     needs = {
         "imbalance_decay": "imbalance_mean" in ds.data_vars and 2 in depths,

@@ -17,7 +17,9 @@ class Problem(NamedTuple):
     """A regression problem `y = X beta_star + noise` and its sufficient statistics.
 
     The loss of docs/theory.md section 1, `(1/n) ||y - X beta||^2`, only needs `gram`, `xty` and
-    `yty`; `X` and `y` are kept for users and for independent checks.
+    `yty`; `X` and `y` are kept for users and for independent checks. Held-out data `(X_t, y_t)`
+    (`n_t` rows), when there are some, are kept as their statistics alone, which give the
+    recorded `test_loss = (1/n_t) ||y_t - X_t beta||^2`.
 
     Attributes:
       X: design, `[n, d]`.
@@ -26,6 +28,13 @@ class Problem(NamedTuple):
       gram: `Sigma = X^T X / n`, `[d, d]`.
       xty: `b = X^T y / n`, `[d]`.
       yty: `y^T y / n`, `[]`.
+      test_gram: `X_t^T X_t / n_t`, `[d, d]`.
+      test_xty: `X_t^T y_t / n_t`, `[d]`.
+      test_yty: `y_t^T y_t / n_t`, `[]`.
+
+    Without held-out data the three are empty arrays (`[0, 0]`, `[0]`, `[0]`) of the
+    problem's dtype (`make_problem` and `problem_from_data`; every field stays an array), or
+    None (the default of a `Problem` built field by field); `has_test_data` tells.
     """
 
     X: jax.Array
@@ -34,6 +43,9 @@ class Problem(NamedTuple):
     gram: jax.Array
     xty: jax.Array
     yty: jax.Array
+    test_gram: jax.Array | None = None
+    test_xty: jax.Array | None = None
+    test_yty: jax.Array | None = None
 
     @property
     def n(self) -> int:
@@ -46,12 +58,24 @@ class Problem(NamedTuple):
         return self.X.shape[1]
 
     @property
+    def has_test_data(self) -> bool:
+        """Whether the problem holds held-out statistics (for `test_loss`)."""
+        return self.test_gram is not None and jnp.size(self.test_gram) > 0
+
+    @property
     def gram_diag(self) -> jax.Array:
         """`D = diag(Sigma)`, the only part of the design the noise penalty sees, `[d]`."""
         return jnp.diagonal(self.gram)
 
 
-def problem_from_data(X: ArrayLike, y: ArrayLike, beta_star: ArrayLike | None = None) -> Problem:
+def problem_from_data(
+    X: ArrayLike,
+    y: ArrayLike,
+    beta_star: ArrayLike | None = None,
+    *,
+    X_test: ArrayLike | None = None,
+    y_test: ArrayLike | None = None,
+) -> Problem:
     """Builds a `Problem` from a user's own data.
 
     Float64 data are stored as float32, with a `UserWarning`, when JAX's x64 mode is off (its
@@ -62,6 +86,8 @@ def problem_from_data(X: ArrayLike, y: ArrayLike, beta_star: ArrayLike | None = 
       X: design, `[n, d]`, real numbers (integers are converted to floats).
       y: labels, `[n]`.
       beta_star: optional known true parameter, `[d]`; NaN-filled when not given.
+      X_test, y_test: optional held-out data, `[n_t, d]` and `[n_t]` (both or neither): kept as
+        their statistics `test_gram`, `test_xty`, `test_yty` (in `X`'s dtype), for `test_loss`.
 
     Returns:
       The `Problem`, in the floating dtype of `X` (JAX's default float for integer data).
@@ -103,7 +129,44 @@ def problem_from_data(X: ArrayLike, y: ArrayLike, beta_star: ArrayLike | None = 
             f"X and y are too large for {np.dtype(dtype)}: X^T X / n, X^T y / n or y^T y / n "
             "overflows; rescale the data (or use float64)"
         )
-    return problem
+    if X_test is None and y_test is None:
+        return problem._replace(**no_test_data(dtype))
+    if X_test is None or y_test is None:
+        raise ValueError("give both X_test and y_test (held-out data), or neither")
+    return problem._replace(**_held_out_statistics(X_test, y_test, d, dtype))
+
+
+def no_test_data(dtype) -> dict:
+    """The held-out fields of a problem without held-out data: empty arrays of `dtype`."""
+    empty = jnp.zeros((0,), dtype)
+    return {"test_gram": jnp.zeros((0, 0), dtype), "test_xty": empty, "test_yty": empty}
+
+
+def _held_out_statistics(X_test, y_test, d: int, dtype) -> dict:
+    """`{test_gram, test_xty, test_yty}` of held-out data, checked like the training data."""
+    _checks.check_real("X_test", X_test)
+    shape = tuple(np.shape(X_test))
+    if len(shape) != 2 or shape[0] < 1 or shape[1] != d:
+        raise ValueError(f"X_test must be a non-empty matrix [n_t, d] with d = {d}, got {shape}")
+    _checks.check_real("y_test", y_test)
+    _checks.check_shape("y_test", y_test, shape[:1], "[n_t]")
+    X_test = _checks.real_array("X_test", X_test, dtype)
+    y_test = _checks.real_array("y_test", y_test, dtype)
+    _checks.check_finite("X_test", X_test)
+    _checks.check_finite("y_test", y_test)
+    n_test = shape[0]
+    gram = X_test.T @ X_test / n_test
+    statistics = {
+        "test_gram": (gram + gram.T) / 2,
+        "test_xty": X_test.T @ y_test / n_test,
+        "test_yty": y_test @ y_test / n_test,
+    }
+    if not _is_finite(*statistics.values()):
+        raise _Overflow(
+            f"X_test and y_test are too large for {np.dtype(dtype)}: their statistics overflow; "
+            "rescale the data (or use float64)"
+        )
+    return statistics
 
 
 class _Overflow(ValueError):
@@ -259,12 +322,16 @@ def make_problem(
     values: ArrayLike | str = 1.0,
     beta_star: ArrayLike | None = None,
     noise_std: float = 0.0,
+    n_test: int = 0,
     dtype=None,
 ) -> Problem:
-    """Generates a regression problem `y = X beta_star + noise_std * eps`.
+    """Generates a regression problem `y = X beta_star + noise_std * eps`, with held-out data.
 
     Args:
-      key: PRNG key; the design, the teacher and the label noise use independent sub-keys.
+      key: PRNG key; the design, the teacher and the label noise use independent sub-keys
+        (`jax.random.split(key, 3)`), the held-out design and label noise two more
+        (`jax.random.split(jax.random.fold_in(key, 1))`): the training data do not depend on
+        `n_test`.
       n, d: number of samples and of coordinates.
       design: `"gaussian"`, `"orthogonal"` (`X^T X / n = I`, needs `n >= d`) or `"diagonal"`
         (`X^T X / n = diag(diag)`, needs `n >= d`).
@@ -274,6 +341,11 @@ def make_problem(
       values: the teacher's non-zero values (scalar, `[k]`, or `"gaussian"`).
       beta_star: a user-given teacher `[d]`, instead of `k` / `values`.
       noise_std: standard deviation of the Gaussian label noise, >= 0.
+      n_test: rows of held-out data `y_t = X_t beta_star + noise_std * eps_t`, drawn like the
+        training data (same design law, `diag` and teacher; an orthogonal or diagonal held-out
+        design needs `n_test >= d`) and kept as their statistics (`Problem.test_gram`, ...),
+        which the recorded `test_loss` needs; `n` is a natural choice. Default 0: none (a
+        problem without held-out data is the one `problem_from_data(X, y, beta_star)` builds).
       dtype: float dtype (JAX's default float when None).
 
     Returns:
@@ -287,8 +359,11 @@ def make_problem(
     """
     _checks.check_key(key)
     n, d = _check_sizes(n, d)
+    n_test = _check_n_test(n_test, d, design)
     dtype = _checks.float_dtype(dtype)
     _check_size("n and d are", n, d, dtype)
+    if n_test:
+        _check_size("n_test and d are", n_test, d, dtype)
     _checks.check_nonnegative("noise_std", noise_std)
     _checks.check_scalar("noise_std", noise_std)
     if not _checks.is_traced(noise_std):  # (a Python int beyond int64 cannot meet an array)
@@ -310,7 +385,27 @@ def make_problem(
     )
     if not _is_finite(X, y):
         raise ValueError(f"{too_large} overflow")
+    held_out = {}
+    if n_test:
+        key_test_design, key_test_noise = jax.random.split(jax.random.fold_in(key, 1))
+        X_test = make_design(key_test_design, n_test, d, design, diag, dtype)
+        y_test = X_test @ beta_star + noise_std * jax.random.normal(
+            key_test_noise, (n_test,), dtype
+        )
+        if not _is_finite(X_test, y_test):
+            raise ValueError(f"{too_large} overflow (held-out data)")
+        held_out = {"X_test": X_test, "y_test": y_test}
     try:
-        return problem_from_data(X, y, beta_star)
+        return problem_from_data(X, y, beta_star, **held_out)
     except _Overflow:
         raise ValueError(f"{too_large} give statistics (X^T X / n, ...) that overflow") from None
+
+
+def _check_n_test(n_test, d: int, design) -> int:
+    """`n_test` as an int, or raises unless it is 0 or a positive integer (at least `d` for an
+    orthogonal or diagonal design)."""
+    if isinstance(n_test, bool) or not isinstance(n_test, (int, np.integer)) or n_test < 0:
+        raise ValueError(f"n_test must be a non-negative integer, got {_checks.describe(n_test)}")
+    if 0 < n_test < d and design in ("orthogonal", "diagonal"):
+        raise ValueError(f"a {design} held-out design needs n_test >= d = {d}, got {n_test}")
+    return int(n_test)

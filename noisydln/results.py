@@ -54,7 +54,8 @@ def _select_devices(count: int | None):
 
 def _reference_config(config: SimConfig) -> SimConfig:
     """GD on L_R with the same static choices (the deterministic reference trajectory)."""
-    keep = tuple(q for q in config.quantities if q != "imbalance_step_residual")
+    step_quantities = config.family().step_quantities  # need the rule's next step: not GD's
+    keep = tuple(q for q in config.quantities if q not in step_quantities)
     return dataclasses.replace(
         config, algorithm="expected_gd", noise=None, batch_size=None, quantities=keep or ("beta",)
     )

@@ -10,9 +10,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax.typing import ArrayLike
 
-from noisydln import _checks, algorithms
+from noisydln import _checks, algorithms, networks
 from noisydln.problem import Problem
-from noisydln.quantities import ALL_QUANTITIES, QUANTITIES, record
 
 
 @dataclasses.dataclass(frozen=True)
@@ -21,20 +20,24 @@ class SimConfig:
 
     Attributes:
       algorithm: a rule of `noisydln.algorithms.RULES` (default the paper's `"stochastic_sam"`).
-      depth: network depth L >= 2.
+      depth: network depth L >= 2 (unset: 2 for the diagonal network, `len(widths) + 1` for a
+        dense one, which it must match when set).
       num_steps: number of training steps.
       record_every: record every this many steps (steps 0, k, 2k, ..., num_steps).
       log_records: if set, record instead at about this many log-spaced steps (plus step 0).
       eta: step size.
       sigma: the rule's noise scale (perturbation std for stochastic SAM).
       init: initial parameters, an array `[depth, d]` (stored as nested tuples) or a scale
-        giving `init * ones((depth, d))`. Grid `init_scales` multiply the array, or replace
-        the scale.
+        giving `init * ones((depth, d))`; for a dense network a tuple of matrices
+        `(W_1 [h_1, d], ..., W_L [1, h_(L-1)])` or a scale giving `init` times a seeded
+        standard normal start (`noisydln.networks.dense`). Grid `init_scales` multiply the
+        given parameters, or replace the scale.
       noise: perturbation law of the SAM rules: "gaussian" (default), "rademacher", "uniform".
       momentum: heavy-ball momentum of the optax SGD update (0 for plain SGD).
       batch_size: rows per step of `minibatch_sgd`.
-      quantities: names recorded per record, from `QUANTITIES` (the default) and
-        `EXTRA_QUANTITIES` (see `record`).
+      quantities: names recorded per record, from the network's default quantities (the
+        default: `QUANTITIES` for the diagonal network) and its extra ones (`EXTRA_QUANTITIES`;
+        see `noisydln.quantities.record` and `noisydln.networks.dense`).
       weight_decay: `lambda >= 0` (0: off) adds `lambda W`, the gradient of
         `(lambda/2) ||W||^2`, to every rule's direction before the optax update
         (`optax.add_decayed_weights`): one plain step is `W - eta_t (g + lambda W)`.
@@ -46,10 +49,15 @@ class SimConfig:
       schedule_boundaries: the steps of "step" at which the step size is multiplied, strictly
         increasing integers in `[1, num_steps]` (required for "step").
       schedule_factor: the factor of "step" at each boundary, in `(0, 1]` (unset: 0.1).
+      network: the network family, "diagonal" (default, `params: [depth, d]`) or "dense"
+        (full matrices; `noisydln.networks`).
+      widths: the hidden widths `(h_1, ..., h_(L-1))` of a dense network (required for it,
+        refused for the diagonal one).
+      init_seed: the seed of a dense network's random start when `init` is a scale (unset: 0).
     """
 
     algorithm: str = "stochastic_sam"
-    depth: int = 2
+    depth: int | None = None
     num_steps: int = 1000
     record_every: int = 10
     log_records: int | None = None
@@ -59,23 +67,30 @@ class SimConfig:
     noise: str | None = None
     momentum: float = 0.0
     batch_size: int | None = None
-    quantities: tuple[str, ...] = QUANTITIES
+    quantities: tuple[str, ...] | None = None
     weight_decay: float = 0.0
     schedule: str = "constant"
     schedule_alpha: float | None = None
     schedule_boundaries: tuple[int, ...] | None = None
     schedule_factor: float | None = None
+    network: str = "diagonal"
+    widths: tuple[int, ...] | None = None
+    init_seed: int | None = None
 
     def __post_init__(self):
         """Checks every field and normalises it to a hashable Python value: numbers to `int` /
-        `float`, an array `init` to nested tuples, `quantities` to a tuple."""
+        `float`, an array `init` to nested tuples, `quantities` to a tuple, unset `depth` and
+        `quantities` to the network's defaults."""
         set_field = functools.partial(object.__setattr__, self)
         if not isinstance(self.algorithm, str):
             raise ValueError(
                 f"algorithm must be one of {sorted(algorithms.RULES)}, got "
                 f"{_checks.describe(self.algorithm)}"
             )
-        set_field("depth", _checks.check_depth(self.depth))
+        family = networks.get(self.network, self.widths)
+        if self.widths is not None:
+            set_field("widths", family.widths)
+        set_field("depth", family.check_depth(self.depth))
         for name in ("num_steps", "record_every"):  # steps are int32 inside the compiled loop
             set_field(name, _checks.as_int(name, getattr(self, name)))
         if self.log_records is None and self.num_steps % self.record_every:
@@ -87,14 +102,16 @@ class SimConfig:
             set_field("log_records", _checks.as_int("log_records", self.log_records))
         for name in ("eta", "sigma", "momentum"):
             set_field(name, _checks.as_float(name, getattr(self, name), minimum=0.0))
-        set_field("init", _check_init(self.init, self.depth))
+        set_field("init", family.check_init(self.init, self.depth))
+        set_field("init_seed", family.check_init_seed(self.init_seed, self.init))
         if self.noise is not None and not isinstance(self.noise, str):
             raise ValueError(f"noise must be a name or None, got {_checks.describe(self.noise)}")
         if self.batch_size is not None:
             set_field("batch_size", _checks.as_int("batch_size", self.batch_size))
+        if self.quantities is None:
+            set_field("quantities", family.quantities)
         set_field("quantities", _check_quantities(self.quantities))
-        if "imbalance_step_residual" in self.quantities and self.depth != 2:
-            raise ValueError("imbalance_step_residual uses the depth-2 factor rho: set depth=2")
+        family.check_quantities(self.quantities, self.depth)
         set_field("weight_decay", _checks.as_float("weight_decay", self.weight_decay, minimum=0.0))
         for name in ("schedule_alpha", "schedule_factor"):
             if getattr(self, name) is not None:
@@ -105,6 +122,10 @@ class SimConfig:
                 algorithms.check_boundaries(self.schedule_boundaries, self.num_steps),
             )
         self.rule()  # validates the algorithm name, its options and the schedule
+
+    def family(self) -> networks.Network:
+        """The network family with this config's static shape (`networks.get`)."""
+        return networks.get(self.network, self.widths)
 
     def step_schedule(self):
         """The optax schedule of the step-size factor `f(t)` (`algorithms.make_schedule`), or
@@ -134,10 +155,13 @@ class SimConfig:
             options["noise"] = self.noise
         if self.batch_size is not None:
             options["batch_size"] = self.batch_size
+        family = self.family()
+        if family != networks.DIAGONAL:  # the rules' default
+            options["network"] = family
         return algorithms.get_rule(self.algorithm, **options)
 
-    def init_state(self, params: jax.Array) -> algorithms.TrainState:
-        """A fresh training state of this config's rule at `params: [depth, d]`."""
+    def init_state(self, params) -> algorithms.TrainState:
+        """A fresh training state of this config's rule at `params` (the network's pytree)."""
         return algorithms.init_state(params, **self._update_options(), algorithm=self.algorithm)
 
     def step_sizes(self, eta: ArrayLike | None = None, dtype=None) -> jax.Array:
@@ -155,23 +179,26 @@ class SimConfig:
 
     def static(self) -> "SimConfig":
         """This config without its numeric defaults: the part that decides compilation."""
-        return dataclasses.replace(self, eta=0.0, sigma=0.0, init=0.0)
+        return dataclasses.replace(self, eta=0.0, sigma=0.0, init=0.0, init_seed=None)
 
-    def base_init(self, d: int, dtype) -> tuple[jax.Array, float]:
-        """`(base, scale)`: initial parameters are `scale * base`, `base: [depth, d]`."""
-        if isinstance(self.init, tuple):
-            base = jnp.asarray(self.init, dtype)
-            _checks.check_shape("init", base, (self.depth, d), "[depth, d]")
-            return base, 1.0
-        return jnp.ones((self.depth, d), dtype), float(self.init)
+    def base_init(self, d: int, dtype) -> tuple[object, float]:
+        """`(base, scale)`: initial parameters are `scale * base`, `base` the network's pytree
+        (`[depth, d]` for the diagonal network)."""
+        return self.family().base_init(self.init, self.init_seed, self.depth, d, dtype)
 
     def validate_for(self, problem: Problem) -> None:
         """Raises if this config cannot run on `problem` (shapes, and memory of one trajectory)."""
         itemsize = np.dtype(problem.gram.dtype).itemsize
+        size = self.family().num_params(self.depth, problem.d)
+        shape, per_example = f"[depth, d] = [{self.depth}, {problem.d}]", "[n, depth, d]"
+        per_example_sizes = f"[{problem.n}, {self.depth}, {problem.d}]"
+        if self.network != "diagonal":  # P numbers in a parameter pytree
+            shape, per_example = f"[P] = [{size}] (widths {self.widths}, d = {problem.d})", "[n, P]"
+            per_example_sizes = f"[{problem.n}, {size}]"
         _checks.check_fits(
-            "depth is",
-            f"parameters [depth, d] = [{self.depth}, {problem.d}] and their step's temporaries",
-            8 * self.depth * problem.d * itemsize,
+            "depth is" if self.network == "diagonal" else "widths are",
+            f"parameters {shape} and their step's temporaries",
+            8 * size * itemsize,
         )
         names, num_records = "log_records is", (self.log_records or 0) + 2
         if self.log_records is None:
@@ -179,53 +206,43 @@ class SimConfig:
         _checks.check_fits(
             names,
             f"{num_records} records of one trajectory (at most {len(self.quantities)} quantities "
-            f"of [depth, d] = [{self.depth}, {problem.d}] numbers each)",
-            num_records * (16 + len(self.quantities) * self.depth * problem.d * itemsize),
+            f"of {shape} numbers each)",
+            num_records * (16 + len(self.quantities) * size * itemsize),
         )
         if self.algorithm == "per_example_sam":
             _checks.check_fits(
                 "n is",
                 f"per_example_sam's ascent points and gradients of every example, twice "
-                f"[n, depth, d] = [{problem.n}, {self.depth}, {problem.d}]",
-                2 * problem.n * self.depth * problem.d * itemsize,
+                f"{per_example} = {per_example_sizes}",
+                2 * problem.n * size * itemsize,
             )
         self.base_init(problem.d, problem.gram.dtype)
         if self.batch_size is not None and self.batch_size > problem.n:
             raise ValueError(f"batch_size ({self.batch_size}) must be <= n = {problem.n}")
-
-
-def _check_init(init, depth: int) -> float | tuple:
-    """`init` as a float scale, or as nested tuples `[depth, d]` of floats; raises unless it
-    is a finite real scale or such an array."""
-    dtype = _checks.check_real("init", init)
-    if np.ndim(init) == 0:
-        return _checks.as_float("init", init)
-    array = np.asarray(init, dtype=dtype)
-    if array.ndim != 2 or array.shape[0] != depth or array.shape[1] < 1:
-        raise ValueError(
-            f"init must be a scale or have shape [depth, d] = ({depth}, d), got {array.shape}"
-        )
-    _checks.check_finite("init", array)
-    return tuple(tuple(float(v) for v in row) for row in array)
+        if "test_loss" in self.quantities and not problem.has_test_data:
+            raise ValueError(
+                "quantities: test_loss needs held-out data, which this problem has none of: "
+                "generate it with make_problem (n_test > 0, the default) or give "
+                "problem_from_data X_test and y_test"
+            )
 
 
 def _check_quantities(quantities) -> tuple[str, ...]:
     """`quantities` as a tuple of names, or raises unless it is a non-empty sequence of names
-    from `ALL_QUANTITIES`."""
+    some network records (`networks.all_quantities`)."""
     try:
         if isinstance(quantities, (str, bytes)):
             raise TypeError("a single string")
         quantities = tuple(quantities)
     except TypeError:  # not iterable, or a 0-d array
         raise ValueError(
-            f"quantities must be a non-empty list of names from {ALL_QUANTITIES}, got "
+            f"quantities must be a non-empty list of names from {networks.all_quantities()}, got "
             f"{_checks.describe(quantities)}"
         ) from None
-    unknown = [q for q in quantities if not isinstance(q, str) or q not in ALL_QUANTITIES]
+    known = networks.all_quantities()
+    unknown = [q for q in quantities if not isinstance(q, str) or q not in known]
     if unknown or not quantities:
-        raise ValueError(
-            f"quantities must be a non-empty subset of {ALL_QUANTITIES}, got unknown {unknown}"
-        )
+        raise ValueError(f"quantities must be a non-empty subset of {known}, got unknown {unknown}")
     return quantities
 
 
@@ -237,12 +254,14 @@ def observe(
     hyper: algorithms.Hyper,
     step: jax.Array,
     quantities,
+    network: networks.Network = networks.DIAGONAL,
 ) -> dict:
-    """`record` of one trajectory at `step`, taking the next step too when a quantity needs it."""
+    """`network.record` of one trajectory at `step`, taking the next step too when a quantity
+    needs it."""
     next_params = None
-    if "imbalance_step_residual" in quantities:  # the very step the run takes next
+    if set(quantities) & set(network.step_quantities):  # the very step the run takes next
         next_params = rule(jax.random.fold_in(key, step), state, problem, hyper).params
-    return record(state.params, problem, hyper, quantities, next_params)
+    return network.record(state.params, problem, hyper, quantities, next_params)
 
 
 def advance(
@@ -329,7 +348,8 @@ def simulate(
         eta=jnp.asarray(config.eta if eta is None else eta, dtype),
     )
     base, scale = config.base_init(problem.d, dtype)
-    params = base * jnp.asarray(scale if init_scale is None else init_scale, dtype)
+    scale = jnp.asarray(scale if init_scale is None else init_scale, dtype)
+    params = jax.tree.map(lambda w: w * scale, base)
     steps = config.record_steps()
     records = _simulate_jit(key, problem, hyper, params, config.static())
     return Trajectory(steps=steps, records=records)
@@ -374,5 +394,7 @@ def _simulate_jit(key, problem, hyper, params, config):
         config.init_state(params),
         config.record_steps(),
         lambda state, start, stop: advance(rule, key, state, problem, hyper, start, stop),
-        lambda state, _, step: observe(rule, key, state, problem, hyper, step, config.quantities),
+        lambda state, _, step: observe(
+            rule, key, state, problem, hyper, step, config.quantities, config.family()
+        ),
     )

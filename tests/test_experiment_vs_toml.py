@@ -66,6 +66,7 @@ FULL_SPECS = {
         values = [0.75, -1.25]
         noise_std = 0.125
         seed = 4294967295
+        n_test = 7
         [simulation]
         algorithm = "one_layer_sam"
         depth = 3
@@ -76,7 +77,7 @@ FULL_SPECS = {
         init = [[0.9, -0.1, 0.3], [0.2, 0.2, 0.2], [1e-310, -0.0, 1.7976931348623157e308]]
         noise = "uniform"
         momentum = 0.5
-        quantities = ["beta", "imbalance", "trace_gap", "sharpness_gap"]
+        quantities = ["beta", "imbalance", "trace_gap", "sharpness_gap", "test_loss"]
         weight_decay = 0.0001
         schedule = "cosine"
         schedule_alpha = 0.25
@@ -135,6 +136,19 @@ FULL_SPECS = {
         [grid]
         sigmas = [0.2]
         noises = ["rademacher"]
+        """,
+    "dense network, seeded start": """
+        [problem]
+        n = 10
+        d = 3
+        [simulation]
+        network = "dense"
+        widths = [4, 2]
+        init = 0.3
+        init_seed = 11
+        quantities = ["beta", "imbalance_norm", "imbalance_drift_residual"]
+        [grid]
+        sigmas = [0.1]
         """,
 }
 

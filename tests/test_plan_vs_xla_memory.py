@@ -17,27 +17,30 @@ LOWER, UPPER = 1.0, 3.0
 
 
 @pytest.mark.parametrize(
-    "n,d,depth,algorithm,sigmas,seeds,keep,devices",
+    "n,d,depth,algorithm,sigmas,seeds,keep,devices,extra",
     [
-        (200, 100, 2, "stochastic_sam", 8, 256, False, 1),  # W1's shape, fewer seeds
-        (40, 8, 3, "sam", 2, 256, True, 1),
-        (50, 20, 2, "minibatch_sgd", 4, 512, False, 1),
+        (200, 100, 2, "stochastic_sam", 8, 256, False, 1, ()),  # W1's shape, fewer seeds
+        (40, 8, 3, "sam", 2, 256, True, 1, ()),
+        (50, 20, 2, "minibatch_sgd", 4, 512, False, 1, ()),
+        (50, 20, 2, "stochastic_sam", 4, 512, False, 1, ("top_eigenvalue",)),  # Lanczos vectors
     ],
 )
 def test_estimate_vs_xla_memory_analysis(
-    key, xla_chunk_bytes, n, d, depth, algorithm, sigmas, seeds, keep, devices
+    key, xla_chunk_bytes, n, d, depth, algorithm, sigmas, seeds, keep, devices, extra
 ):
     if len(jax.devices()) < devices:
         pytest.skip(f"needs {devices} devices")
     problem = noisydln.make_problem(key, n, d, k=2)
     options = {"batch_size": 10} if algorithm == "minibatch_sgd" else {}
     config = noisydln.SimConfig(
-        algorithm=algorithm, depth=depth, num_steps=40, record_every=4, **options
-    )
+        algorithm=algorithm, depth=depth, num_steps=40, record_every=4,
+        quantities=noisydln.QUANTITIES + extra, **options,
+    )  # fmt: skip
     chunk_plan, xla = xla_chunk_bytes(
         problem, config, num_seeds=seeds, sigmas=np.linspace(0.1, 0.3, sigmas), keep=keep,
         devices=jax.devices()[:devices],
     )  # fmt: skip
+    assert chunk_plan.size.record_temporaries == plan.record_temporaries(extra, depth * d)
     ratio = chunk_plan.estimate.device_total / xla
     assert LOWER <= ratio <= UPPER, (chunk_plan.estimate, xla)
 
@@ -54,6 +57,11 @@ def test_estimate_grows_with_the_chunk_as_stated():
     assert small.kept == 0 and small.host_kept == 0
     halved = plan.estimate_memory(size, 2048, 2)
     assert halved.states == small.states  # each of 2 devices holds half of the chunk's states
+    # top_eigenvalue: LANCZOS_STATE_COPIES vectors of the state's size per trajectory
+    lanczos = size._replace(record_temporaries=plan.record_temporaries(("top_eigenvalue",), 200))
+    extra = plan.estimate_memory(lanczos, 1024, 1).records - small.records
+    assert extra == plan.LANCZOS_STATE_COPIES * 1024 * 8 * 200 * 4
+    assert plan.record_temporaries(noisydln.QUANTITIES, 200) == 0
 
 
 def test_max_memory_refused_with_a_chunk_size_that_fits(key):

@@ -152,7 +152,13 @@ def fit_decay_rate(times, mean, se) -> tuple[float, float]:
 def require_quantities(
     result: GridResult, problem: Problem, config: SimConfig, names, how: str
 ) -> None:
-    """Raises unless `result` holds `names` and matches `problem` (d) and `config` (depth, steps)."""
+    """Raises unless `result` holds `names` and matches `problem` (d) and `config` (depth, steps),
+    and `config` runs the diagonal network, whose closed forms (docs/theory.md) the checks use."""
+    if config.network != "diagonal":
+        raise ValueError(
+            f"the checks of noisydln.stats judge the diagonal network against docs/theory.md; "
+            f"this run has network = {config.network!r} (see docs/dense.md for its checks)"
+        )
     missing = [n for n in names if n not in result.mean]
     if missing:
         raise ValueError(
