@@ -8,7 +8,8 @@ or `python benchmarks/throughput.py` (`--quick` for a small smoke run, `--json F
 numbers). The JAX engine runs with default settings, as a user gets it (on a CPU, noisydln asks
 for one XLA host device per core), unless `--devices N` sets the host device count; the run
 also measures 1 and one-per-core host devices set explicitly, and W1 in chunks of 128 seeds
-with and without a checkpoint saved after every chunk. On a GPU it runs unchanged.
+with and without a checkpoint saved after every chunk, and D1, a dense network of width 100 on
+W1's problem (`noisydln.bench.dense_throughput`). On a GPU it runs unchanged.
 """
 
 import argparse
@@ -21,6 +22,7 @@ import time
 from pathlib import Path
 
 WORKER_MODULE = "noisydln.bench.throughput"
+DENSE_SIZES = {False: (16, 100), True: (4, 20)}  # D1's (seeds, steps), by --quick
 
 
 def w1_data(num_sigmas: int):
@@ -269,6 +271,15 @@ def benchmark(args: argparse.Namespace) -> dict:
         f"(per-seed loop measured on {reports[2]['measured_seeds']} seeds per sigma, rate extrapolated; memory: {reports[0]['memory_kind']} for JAX, host RSS for NumPy)"
     )
     print(f"diverged trajectories (JAX): {reports[0]['diverged']}")
+    from noisydln.bench import dense_throughput  # noqa: PLC0415 (it imports this module's helpers)
+
+    dense = dense_throughput.measure_both(*DENSE_SIZES[args.quick], args.repeats, args.devices)
+    for report in dense:
+        print(dense_throughput.describe(report))
+    print(
+        f"  parameter-steps/s of W1 (P = 200): {jax_rate * 200 / 1e6:.1f} M; D1 recording beta "
+        f"reaches {dense[0]['parameter_steps_per_second'] / (jax_rate * 200):.2f} of it"
+    )
 
     # the three estimate the same means (different noise): standardised differences of the loss
     for other in reports[1:]:
@@ -298,7 +309,7 @@ def benchmark(args: argparse.Namespace) -> dict:
         print(
             f"  {seeds:6d} seeds: {rate / 1e6:7.3f} M traj-steps/s (compile {report['compile_seconds']:.2f} s, peak {report['memory_mb']:.0f} MB)"
         )
-    return {"w1": reports, "scaling": scaling, "devices": device_settings(args, reports[0]),
+    return {"w1": reports, "dense": dense, "scaling": scaling, "devices": device_settings(args, reports[0]),
             "checkpoint": checkpoint_cost(args)}  # fmt: skip
 
 
