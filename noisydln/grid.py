@@ -219,7 +219,8 @@ def _run_size(grid: _Grid, problem, config, num_seeds, keep) -> RunSize:
         keep=bool(keep),
         record_temporaries=record_temporaries(
             config.quantities, sum(math.prod(x.shape[1:]) for x in jax.tree.leaves(grid.params0))
-        ),
+        )
+        + config.family().record_temporaries(config.quantities, problem.d),
     )
 
 

@@ -163,3 +163,20 @@ def test_dry_run_with_too_small_max_memory_one_line(tmp_path):
     assert stderr.count("\n") == 1 and "max_memory; no chunk size fits" in stderr
     status, _, stderr = _main("run", str(spec), "--dry-run", "--max-memory", "lots")
     assert status == 2 and "--max-memory: expected a size" in stderr
+
+
+@pytest.mark.parametrize("d,widths", [(30, (20,)), (40, (30, 20))])
+def test_dense_estimate_vs_xla_memory_analysis(key, xla_chunk_bytes, d, widths):
+    """Dense records form `[m, k, n]` products (`Dense.record_temporaries`): with the default
+    quantities they outweigh the states, and the estimate must still bound XLA's bytes."""
+    problem = noisydln.make_problem(key, 60, d, k=2)
+    config = noisydln.SimConfig(
+        network="dense", widths=widths, init=0.5, init_seed=0, num_steps=20, record_every=10
+    )
+    chunk_plan, xla = xla_chunk_bytes(
+        problem, config, num_seeds=256, sigmas=np.linspace(0.0, 0.05, 4), keep=False,
+        devices=jax.devices()[:1],
+    )  # fmt: skip
+    assert chunk_plan.size.record_temporaries > 0
+    ratio = chunk_plan.estimate.device_total / xla
+    assert LOWER <= ratio <= UPPER, (chunk_plan.estimate, xla)

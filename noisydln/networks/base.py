@@ -102,6 +102,11 @@ class Network(abc.ABC):
     def all_quantities(self) -> tuple[str, ...]:
         return self.quantities + self.extra_quantities
 
+    def record_temporaries(self, quantities: tuple[str, ...], d: int) -> int:
+        """Numbers per trajectory that computing a record of `quantities` keeps live besides the
+        state and the values (the memory estimate, `noisydln.plan`): none by default."""
+        return 0
+
     def check_quantities(self, quantities: tuple[str, ...], depth: int) -> None:
         """Raises a ValueError naming the first quantity this family cannot record."""
         for name in quantities:

@@ -37,6 +37,15 @@ QUANTITIES = (
     "hessian_trace",
 )
 EXTRA_QUANTITIES = ("imbalance_drift_residual", "top_eigenvalue")  # and the beta diagnostics
+# recorded from beta or by the Lanczos kernel alone (no moment recursion, no [h, h] products)
+CHEAP_QUANTITIES = ("beta", "loss", "top_eigenvalue", "l1_norm", "support_size")
+CHEAP_QUANTITIES += ("distance_to_limit", "test_loss")
+# live copies of the products a record forms (`record_temporaries`): XLA's memory analysis of a
+# chunk of 256 float32 trajectories with the default quantities against beta alone shows 1.83 to
+# 1.95 times `sum m k n` at depth 2 (d, widths = 100, (50,); 50, (100,); 100, (100,); 30, (80,))
+# and 1.5 times at depth 3 (60, (40, 30)), so 2 bounds them. Tiny networks (12, (10, 8)) have
+# their products fused by XLA: there the estimate is 9 times XLA's bytes, an over-estimate only
+PRODUCT_COPIES = 2
 
 
 def _quantities():
@@ -229,6 +238,18 @@ class Dense(Network):
 
     def num_params(self, depth: int, d: int) -> int:
         return sum(rows * columns for rows, columns in dense.layer_shapes(d, self.widths))
+
+    def record_temporaries(self, quantities: tuple[str, ...], d: int) -> int:
+        """`PRODUCT_COPIES` x the sum of `m k n` over the matrix products a record forms
+        (`[m, k] @ [k, n]` in fixed order keeps an `[m, k, n]` product live, `noisydln.linalg`):
+        `W_l N W_l^T` of every layer and `B_k Sigma B_k^T` of every prefix `B_k = W_k ... W_1`,
+        `[h_k, d]`. None when only `CHEAP_QUANTITIES` are recorded."""
+        if set(quantities) <= set(CHEAP_QUANTITIES):
+            return 0
+        shapes = dense.layer_shapes(d, self.widths)
+        layers = sum(rows * columns * (rows + columns) for rows, columns in shapes)
+        prefixes = sum(rows * d * (rows + d) for rows, _ in shapes[1:-1])
+        return PRODUCT_COPIES * (layers + prefixes)
 
     def record(self, params, problem: Problem, hyper, quantities, next_params=None) -> dict:
         """The recorded quantities of one state (see `DESCRIPTIONS`; docs/dense.md s1-3).
