@@ -99,7 +99,7 @@ def flattening_vmap(batch_fn: Callable, block: int | Callable) -> Callable:
 
     @single.def_vmap
     def _(axis_size, in_batched, states, context):
-        return flattened(axis_size, in_batched, states, context, leading=1), True
+        return every_batched(flattened(axis_size, in_batched, states, context, leading=1))
 
     @custom_vmap
     def batch(states, context):
@@ -107,7 +107,7 @@ def flattening_vmap(batch_fn: Callable, block: int | Callable) -> Callable:
 
     @batch.def_vmap
     def _(axis_size, in_batched, states, context):  # [B, N, ...]: one batch [B N, ...]
-        return flattened(axis_size, in_batched, states, context, leading=2), True
+        return every_batched(flattened(axis_size, in_batched, states, context, leading=2))
 
     def flattened(axis_size, in_batched, states, context, leading):
         """The values over `leading` batch axes (the new one first), shaped by them."""
@@ -128,3 +128,8 @@ def flattening_vmap(batch_fn: Callable, block: int | Callable) -> Callable:
         return jax.tree.map(lambda x: x.reshape(lead + x.shape[1:]), out)
 
     return single
+
+
+def every_batched(out) -> tuple:
+    """`(out, True for each of its leaves)`: a `custom_vmap` rule's answer (any pytree)."""
+    return out, jax.tree.map(lambda _: True, out)

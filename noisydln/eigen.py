@@ -12,24 +12,35 @@ that falls geometrically in `m` at a rate set by the gap between the top eigenva
 the spread of the spectrum; after `m = P` steps (with reorthogonalisation) it is exact up to
 rounding. `RECORD_ITERATIONS` is the count measured to give 1e-6 relative accuracy on workload
 W1; no count is claimed for other problems (see its comment).
+
+Warm start. Along a trajectory the recorder carries each record's top Ritz vector to the next
+record (`recorded_top_eigenvalue`, the diagonal family's record memory): `WARM_ITERATIONS`
+steps from it suffice once the Hessian turns slowly, and a residual test sends the other
+states to `RECORD_ITERATIONS` more steps. The dense family's `top_eigenvalue` stays cold.
 """
 
 import functools
-import operator
 
 import jax
 import jax.numpy as jnp
 
 from noisydln import _checks, batching, dense
+from noisydln.diagonal_lanczos import (  # noqa: F401 (the diagonal network's, re-exported)
+    column_norms,
+    combine,
+    diagonal_hvp,
+    diagonal_lanczos,
+    diagonal_start,
+    gram_top_eigenvector,
+    lanczos_columns,
+)
 from noisydln.lanczos import (
     Tridiagonal,
-    default_start,
-    fixed_order_sum,
     lanczos,
     largest_ritz_value,
     ritz_values,
+    top_ritz_vector,
 )
-from noisydln.model import end_to_end, residual
 from noisydln.problem import Problem
 
 # Lanczos steps of the recorded `top_eigenvalue`. Measured on W1 (n = 200, d = 100, depth 2,
@@ -47,8 +58,24 @@ RECORD_ITERATIONS = 40
 # states (a 38 KB slab), 165 ms in blocks of 80, 300 ms in blocks of 112 to 192 (45 to 77 KB),
 # 250 to 285 ms in blocks of 256; in float64 170 ms for 4096 states in blocks of 32 or 48,
 # 290 to 370 ms in blocks of 56 to 96 (`batching.cache_block`).
-# Squarings of `gram_top_eigenvector`: Sigma^1024 (unbatched: once per record, not per trajectory).
-SQUARINGS = 10
+
+# The warm start (`recorded_top_eigenvalue`): after a trajectory's first record, its records run
+# WARM_ITERATIONS Lanczos steps from the previous record's Ritz vector, and RECORD_ITERATIONS
+# more from the new Ritz vector where its relative residual `|H x - theta x| / |theta|` exceeds
+# `residual_tolerance` (RESIDUAL_TOLERANCE, or RESIDUAL_EPS eps: 1.2e-4 in float32, where
+# rounding leaves residuals up to some 1e-5). Measured on W1 trajectories (the path of
+# `tests/test_eigen_vs_eigvalsh.py`: 8 seeds x 8 sigmas in [0, 0.3], 2000 steps recorded every
+# 10, 12864 states, against `eigvalsh` of the exact Hessian of the recorded parameters): largest
+# relative error 1.6e-10 in float64 (3.7e-10 with 8 warm steps on 2 seeds), 3.2e-6 in float32
+# (rounding, as cold). With 10 warm steps only the records of the first 100 steps exceed the
+# residual (1e-2 to 4e-2 at 10 to 40 steps, where the Hessian turns fastest and the warm value
+# alone is off by up to 4e-3); the warm values taken are within 1.1e-10 (float64, residuals 1e-5
+# and below). Cost (`python -m noisydln.bench.eigen_cost`, 1024 seeds, 2 CPU devices on a shared
+# 2-core machine): `run_grid` with `top_eigenvalue` x2.77 the time without it, wall and CPU
+# (x5.1 cold, with RECORD_ITERATIONS steps at every record).
+WARM_ITERATIONS = 10
+RESIDUAL_TOLERANCE = 1e-5
+RESIDUAL_EPS = 1000
 
 
 def top_eigenvalue(
@@ -94,164 +121,14 @@ def top_abs_eigenvalue(
 
 
 # ----------------------------------------------------------------------------------------------
-# The diagonal network
+# The diagonal network (its kernel: `noisydln.diagonal_lanczos`)
 
 
-def _layer_sum(x: jax.Array) -> jax.Array:
-    """`sum_l x[l]` over the leading (layer) axis, row after row: a fixed order."""
-    return sum(x[1:], x[0])
-
-
-def _products(params: jax.Array) -> tuple[jax.Array, list]:
-    """`(p, q)`: `p[l] = prod_{k != l} w_k` (`[depth, ...]`) and `q[l][m] = prod_{k not in
-    {l, m}} w_k` (`m != l`), products of the rows of `params: [depth, ...]` in layer order."""
-    depth = params.shape[0]
-    ones = jnp.ones_like(params[0])
-
-    def product(skip):
-        rows = [params[k] for k in range(depth) if k not in skip]
-        return functools.reduce(operator.mul, rows) if rows else ones
-
-    p = jnp.stack([product((l,)) for l in range(depth)])
-    return p, [{m: product((l, m)) for m in range(depth) if m != l} for l in range(depth)]
-
-
-def _couplings(q: list, r: jax.Array) -> list[list[tuple[int, jax.Array]]]:
-    """`c[l] = [(m, -r q_lm) for m != l]`: the Hessian's curvature term, which couples the
-    layers of each coordinate (`r = 2 (b - Sigma beta)`)."""
-    return [[(m, -r * q_lm) for m, q_lm in row.items()] for row in q]
-
-
-def _curvature(couplings, v: jax.Array) -> jax.Array:
-    """`(C v)_l = sum_{m != l} c_lm v_m`, like `v`, written layer by layer (as one sum over an
-    axis of length depth, XLA makes it a batched matrix product per coordinate, 7x slower)."""
-    return jnp.stack([sum(c * v[m] for m, c in row) for row in couplings])
-
-
-def diagonal_hvp(params: jax.Array, problem: Problem):
-    """`v -> hess L(params) v` of the diagonal network, `v: [depth, d]`, in closed form.
-
-    With `p_l = prod_{k != l} w_k` and `r = 2 (b - Sigma beta)` (per coordinate;
-    `model.hessian`), `(H v)_l = 2 p_l (Sigma u) - r sum_{m != l} q_lm v_m`, `u = sum_m p_m v_m`:
-    one product with `Sigma` per call, the rest computed once here.
-    """
-    _checks.check_params(params, problem.d)
-    p, q = _products(params)
-    couplings = _couplings(q, residual(end_to_end(params), problem))
-    gram = 2 * problem.gram
-
-    def hvp(v: jax.Array) -> jax.Array:
-        return p * (_layer_sum(p * v) @ gram)[None, :] + _curvature(couplings, v)
-
-    return hvp
-
-
-def gram_top_eigenvector(problem: Problem, num_squarings: int = SQUARINGS) -> jax.Array:
-    """An approximate top eigenvector of `Sigma`, `[d]`: `Sigma^(2^k) g` normalised, for
-    `g = default_start(d)` and `k = num_squarings`, by repeated squaring (a component
-    `(lambda_2 / lambda_1)^(2^k)` along the second eigenvector remains: 4e-10 on W1).
-
-    Ten `[d, d]` products, each scaled by its trace: a power iteration would take 1000 steps
-    one after the other, and `jnp.linalg.eigh` of a `[100, 100]` matrix costs on a CPU about
-    as much as the Lanczos steps of a thousand trajectories.
-    """
-
-    def square(_, power):
-        power = power @ power
-        return power / jnp.trace(power)
-
-    power = jax.lax.fori_loop(0, num_squarings, square, problem.gram / jnp.trace(problem.gram))
-    u = power @ default_start(problem.d, problem.gram.dtype)
-    return u / jnp.sqrt(fixed_order_sum(u * u))
-
-
-def _start_columns(p: jax.Array, problem: Problem) -> jax.Array:
-    """`diagonal_start` of the states whose products `p_l` are `p: [depth, d, B]`, like `p`."""
-    depth, d = p.shape[:2]
-    aligned = p * gram_top_eigenvector(problem).astype(p.dtype)[None, :, None]
-    norm = jnp.sqrt(fixed_order_sum(_layer_sum(aligned * aligned), axis=0))[None, None]
-    aligned = jnp.where(norm > 0, aligned / jnp.where(norm > 0, norm, 1), 0)
-    return aligned + 0.1 * default_start(depth * d, p.dtype).reshape(depth, d)[..., None]
-
-
-def diagonal_start(params: jax.Array, problem: Problem) -> jax.Array:
-    """The recorder's start vector, `[depth, d]`: `J^T u_1` normalised (`J^T u = (p_l * u)_l`,
-    `p_l = prod_{k != l} w_k`, `u_1 = gram_top_eigenvector(problem)`), plus `0.1 default_start`.
-
-    `hess L = 2 J^T Sigma J + (the curvature of the layers)`: where the data term dominates, the
-    top eigenvectors lie near `J^T u_1`. The random part keeps a component along every
-    eigenvector (also where `J^T u_1 = 0`). On W1 it saves 10 Lanczos steps out of 50.
-    """
-    _checks.check_params(params, problem.d)
-    return _start_columns(_products(params[..., None])[0], problem)[..., 0]
-
-
-def _lanczos_columns(
-    params: jax.Array, start: jax.Array | None, problem: Problem, num_iterations: int
-) -> Tridiagonal:
-    """`diagonal_lanczos` of `B` states at once, stored as columns: `params, start: [depth, d,
-    B]` (start None: `diagonal_start`), `Tridiagonal` of `[m, B]` and `[m - 1, B]`.
-
-    The batch is the last axis, so that every sum over coordinates is a sequence of vector
-    additions over the batch and the products with Sigma are one `[d, d] @ [d, B]`.
-    """
-    dtype, depth = params.dtype, params.shape[0]
-    m = min(num_iterations, params.shape[0] * params.shape[1])
-    p, q = _products(params)
-    beta = functools.reduce(operator.mul, list(params))  # [d, B]
-    residual_ = 2 * (problem.xty.astype(dtype)[:, None] - problem.gram.astype(dtype) @ beta)
-    couplings = _couplings(q, residual_)
-    gram = (2 * problem.gram).astype(dtype)
-    eps = jnp.finfo(dtype).eps
-    start = _start_columns(p, problem) if start is None else start.astype(dtype)
-    start = start / jnp.sqrt(fixed_order_sum(_layer_sum(start * start), axis=0))[None, None]
-
-    def step(j, carry):
-        # previous = b_{j-2} q_{j-1}, current = b_{j-1} q_j, inverse = 1 / b_{j-1},
-        # ratio = b_{j-1} / b_{j-2}; inverse = ratio = 0 once the Krylov space is invariant
-        previous, current, inverse, ratio, diagonal, off_diagonal, broken = carry
-        u = _layer_sum(p * current)  # [d, B]
-        s = gram @ u
-        pairs = [
-            c * current[l] * current[k] for l in range(depth) for k, c in couplings[l] if k > l
-        ]
-        cross = 2 * sum(pairs[1:], pairs[0])  # <x, C x>, per coordinate
-        alpha = fixed_order_sum(u * s + cross, axis=0) * inverse**2
-        following = p * s[None] + _curvature(couplings, current) - alpha[None, None] * current
-        following = following * inverse[None, None] - ratio[None, None] * previous
-        beta = jnp.sqrt(fixed_order_sum(_layer_sum(following * following), axis=0))
-        previous_beta = jnp.where(j > 0, off_diagonal[jnp.maximum(j - 1, 0)], 0)
-        diagonal = diagonal.at[j].set(jnp.where(broken, diagonal[0], alpha))
-        # an invariant Krylov space leaves beta at the rounding level of |H q_j|
-        broken = broken | (beta <= eps * (jnp.abs(alpha) + previous_beta))
-        off_diagonal = off_diagonal.at[j].set(jnp.where(broken, 0, beta))
-        next_inverse = jnp.where(broken, 0, 1 / jnp.where(broken, 1, beta))
-        next_ratio = jnp.where(broken, 0, beta * inverse)
-        return current, following, next_inverse, next_ratio, diagonal, off_diagonal, broken
-
-    batch = params.shape[2:]
-    zeros, ones = jnp.zeros((m, *batch), dtype), jnp.ones(batch, dtype)
-    carry = (jnp.zeros_like(start), start, ones, ones, zeros, zeros, jnp.zeros(batch, bool))
-    carry = jax.lax.fori_loop(0, m, step, carry, unroll=2)
-    return Tridiagonal(carry[4], carry[5][: m - 1])
-
-
-def diagonal_lanczos(
-    params: jax.Array, problem: Problem, num_iterations: int, start: jax.Array
-) -> Tridiagonal:
-    """`lanczos(diagonal_hvp(params, problem), params, reorthogonalize=False, ...)`, written for
-    speed: the same Tridiagonal up to rounding, at a fraction of the cost batched.
-
-    The Hessian-vector product is never stored: `<x, H x> = <u, 2 Sigma u> + <x, C x>` comes
-    from `u = J x` and the curvature, and the next vector from the same terms. The vectors are
-    carried unnormalised, `x_j = b_{j-1} q_j` (`q_j` the orthonormal Lanczos vectors, `b_j` the
-    couplings, `b_{-1} = 1`), so that the step writes one array (an invariant Krylov space sets
-    the scalars that carry them to 0); two steps per loop iteration let XLA reuse the buffers
-    instead of copying the carry. `params: [depth, d]`, `start` like it (any non-zero norm).
-    """
-    _checks.check_params(params, problem.d)
-    columns = _lanczos_columns(params[..., None], start[..., None], problem, num_iterations)
-    return Tridiagonal(columns.diagonal[:, 0], columns.off_diagonal[:, 0])
+def _check_iterations(num_iterations) -> None:
+    if isinstance(num_iterations, bool) or not isinstance(num_iterations, int):
+        raise ValueError(f"num_iterations must be a positive integer, got {num_iterations!r}")
+    if num_iterations < 1:
+        raise ValueError(f"num_iterations must be a positive integer, got {num_iterations}")
 
 
 def diagonal_top_eigenvalue(
@@ -260,8 +137,8 @@ def diagonal_top_eigenvalue(
     num_iterations: int = RECORD_ITERATIONS,
     start: jax.Array | None = None,
 ) -> jax.Array:
-    """The largest eigenvalue of `hess L(params)` of the diagonal network, scalar: the recorded
-    `top_eigenvalue`.
+    """The largest eigenvalue of `hess L(params)` of the diagonal network, scalar (the recorded
+    `top_eigenvalue` of a trajectory's first record; later ones: `diagonal_top_eigenpair`).
 
     `num_iterations` Lanczos steps from `start` (default `diagonal_start`) with the plain
     three-term recurrence (`diagonal_lanczos`: for the largest eigenvalue as accurate as full
@@ -277,22 +154,87 @@ def diagonal_top_eigenvalue(
       num_iterations: Lanczos steps, static (`RECORD_ITERATIONS`: 1e-6 relative on W1).
       start: `[depth, d]`, any non-zero norm.
     """
+    return diagonal_top_eigenpair(params, problem, num_iterations, start, vector=False)
+
+
+def diagonal_top_eigenpair(
+    params: jax.Array,
+    problem: Problem,
+    num_iterations: int,
+    start: jax.Array | None = None,
+    *,
+    first_iterations: int | None = None,
+    vector: bool = True,
+):
+    """`(value, vector)`: `diagonal_top_eigenvalue` and its Ritz vector `[depth, d]` (unit norm,
+    the start of the next record's warm run), or the value alone (`vector=False`).
+
+    With a `start` and `first_iterations`, a warm run: `first_iterations` steps from `start`,
+    and `num_iterations` more from their Ritz vector for a state whose Ritz residual `|H x -
+    value x|` exceeds `residual_tolerance(dtype) |value|` (on a CPU run only for the blocks
+    that hold one). The Ritz vector is `sum_j y_j q_j`, `y = lanczos.top_ritz_vector(T,
+    value)`, from the kept basis (`m` vectors per state), or after a run from `diagonal_start`
+    (`start` None: once per trajectory) from a second pass of the same steps, so that the
+    memory stays that of the short warm runs.
+    """
     _checks.check_params(params, problem.d)
-    if isinstance(num_iterations, bool) or not isinstance(num_iterations, int):
-        raise ValueError(f"num_iterations must be a positive integer, got {num_iterations!r}")
-    if num_iterations < 1:
-        raise ValueError(f"num_iterations must be a positive integer, got {num_iterations}")
-    if start is None:  # computed with the rest, in the same program whatever the batch
-        return _recorded_top(num_iterations)((params,), problem)
-    _checks.check_shape("start", start, params.shape, "[depth, d]")
-    return _recorded_top(num_iterations)((params, jnp.asarray(start, params.dtype)), problem)
+    _check_iterations(num_iterations)
+    states = (params,)
+    if start is not None:  # None: computed with the rest, in the same program whatever the batch
+        _checks.check_shape("start", start, params.shape, "[depth, d]")
+        states = (params, jnp.asarray(start, params.dtype))
+        if first_iterations is not None:
+            _check_iterations(first_iterations)
+    else:
+        first_iterations = None
+    return _recorded_top(num_iterations, first_iterations, vector)(states, problem)
 
 
-def _top_of_batch(states: tuple, problem: Problem, num_iterations: int) -> jax.Array:
-    """The top eigenvalues `[N]` of `states = (params,)` or `(params, start)`, `[N, depth, d]`."""
+def residual_tolerance(dtype) -> float:
+    """The relative Ritz residual up to which a warm run's value is taken: `RESIDUAL_TOLERANCE`,
+    or `RESIDUAL_EPS eps` where rounding alone leaves more (1.2e-4 in float32)."""
+    return max(RESIDUAL_TOLERANCE, RESIDUAL_EPS * float(jnp.finfo(dtype).eps))
+
+
+def _pair_of_columns(params, start, problem, num_iterations, keep_basis: bool):
+    """`(top [B], Ritz vector [depth, d, B] of unit norm, relative residual [B])` of the
+    columns `params: [depth, d, B]` from `start` (None: `diagonal_start`); the Ritz vector from
+    the kept basis, or from a second pass (`keep_basis` False: no `[m, depth, d, B]` basis)."""
+    keep = "basis" if keep_basis else None
+    columns, coupling, basis = lanczos_columns(params, start, problem, num_iterations, keep)
+    top = jax.vmap(largest_ritz_value, in_axes=(Tridiagonal(1, 1),))(columns)
+    coefficients = jax.vmap(top_ritz_vector, in_axes=(Tridiagonal(1, 1), 0), out_axes=1)(
+        columns, top
+    )  # [m, B]
+    if basis is None:  # the cold run again, combining its vectors
+        ritz = lanczos_columns(params, start, problem, num_iterations, coefficients)[2]
+    else:
+        ritz = combine(basis, coefficients)
+    residual = coupling * jnp.abs(coefficients[-1]) / jnp.abs(top)
+    return top, ritz / column_norms(ritz)[None, None], residual
+
+
+def _top_of_batch(states: tuple, problem: Problem, num_iterations: int, first: int | None,
+                  vector: bool):  # fmt: skip
+    """The top eigenvalues `[N]` of `states = (params,)` or `(params, start)`, `[N, depth, d]`,
+    and with `vector` their Ritz vectors `[N, depth, d]` (`diagonal_top_eigenpair`)."""
     params, *start = (jnp.moveaxis(x, 0, -1) for x in states)
-    columns = _lanczos_columns(params, start[0] if start else None, problem, num_iterations)
-    return jax.vmap(largest_ritz_value, in_axes=(Tridiagonal(1, 1),))(columns)
+    start = start[0] if start else None
+    if not vector:
+        columns, _, _ = lanczos_columns(params, start, problem, num_iterations)
+        return jax.vmap(largest_ritz_value, in_axes=(Tridiagonal(1, 1),))(columns)
+    if first is None:
+        top, ritz, _ = _pair_of_columns(params, start, problem, num_iterations, False)
+    else:
+        top, ritz, residual = _pair_of_columns(params, start, problem, first, True)
+        taken = residual <= residual_tolerance(params.dtype)
+
+        def again(_):
+            more = _pair_of_columns(params, ritz, problem, num_iterations, False)[:2]
+            return jnp.where(taken, top, more[0]), jnp.where(taken[None, None], ritz, more[1])
+
+        top, ritz = jax.lax.cond(jnp.all(taken), lambda _: (top, ritz), again, None)
+    return top, jnp.moveaxis(ritz, -1, 0)
 
 
 def record_block(d: int, dtype) -> int:
@@ -306,10 +248,24 @@ def _block_of(states: tuple, problem: Problem) -> int:
 
 
 @functools.cache
-def _recorded_top(num_iterations: int):
+def _recorded_top(num_iterations: int, first: int | None, vector: bool):
     """`_top_of_batch` as a function of one state, batched by `batching.flattening_vmap`."""
-    batch_fn = functools.partial(_top_of_batch, num_iterations=num_iterations)
+    batch_fn = functools.partial(
+        _top_of_batch, num_iterations=num_iterations, first=first, vector=vector
+    )
     return batching.flattening_vmap(batch_fn, _block_of)
+
+
+def recorded_top_eigenvalue(params: jax.Array, problem: Problem, carried: jax.Array | None):
+    """`(top_eigenvalue, its Ritz vector)` of one record of a trajectory: `RECORD_ITERATIONS`
+    cold steps at the first record (`carried` None), else `WARM_ITERATIONS` steps from the
+    previous record's Ritz vector `carried: [depth, d]` (and `RECORD_ITERATIONS` more where
+    they leave a residual above `residual_tolerance`)."""
+    if carried is None:
+        return diagonal_top_eigenpair(params, problem, RECORD_ITERATIONS)
+    return diagonal_top_eigenpair(
+        params, problem, RECORD_ITERATIONS, carried, first_iterations=WARM_ITERATIONS
+    )
 
 
 # ----------------------------------------------------------------------------------------------

@@ -120,13 +120,15 @@ def _chunk(acc, key, first, num_seeds, problem, hyper, params0, *, config, keep,
 
         return jax.vmap(one_seed)(seed_keys, states)
 
-    def observe_all(states, acc_r, step):
-        def one_seed(key, cell_states):
+    def observe_all(states, acc_r, step, memory):  # memory: [size, C, ...] per trajectory
+        def one_seed(key, cell_states, cell_memory):
             return jax.vmap(
-                lambda state, h: observe(rule, key, state, problem, h, step, quantities, family)
-            )(cell_states, hyper)
+                lambda state, h, m: observe(
+                    rule, key, state, problem, h, step, quantities, family, m
+                )
+            )(cell_states, hyper, cell_memory)
 
-        values = jax.vmap(one_seed)(seed_keys, states)
+        values, memory = jax.vmap(one_seed)(seed_keys, states, memory)
         finite = valid[:, None]
         for value in values.values():
             flat = value.reshape(value.shape[:2] + (-1,))
@@ -135,7 +137,7 @@ def _chunk(acc, key, first, num_seeds, problem, hyper, params0, *, config, keep,
         if axis_name is not None:  # every device folds all seeds, in seed order
             gathered, gathered_finite = jax.lax.all_gather((values, finite), axis_name, tiled=True)
         acc_r = moments.fold(acc_r, gathered, gathered_finite)
-        return acc_r, (values if keep else None)
+        return (acc_r, (values if keep else None)), memory
 
     return scan_records(states, config.record_steps(), advance_all, observe_all, per_record=acc)
 
@@ -194,7 +196,7 @@ def _set_up(problem, config, sigmas, etas, init_scales) -> _Grid:
     hyper = algorithms.Hyper(sigma=cell_sigma, eta=cell_eta)
     one = algorithms.Hyper(cell_sigma[0], cell_eta[0])
     record = functools.partial(config.family().record, quantities=config.quantities)
-    like = jax.eval_shape(lambda p: record(p, problem, one, next_params=p), base)
+    like = jax.eval_shape(lambda p: record(p, problem, one, next_params=p)[0], base)
     state = jax.eval_shape(config.init_state, base)
     state_elements = sum(math.prod(x.shape) for x in jax.tree.leaves(state))
     params0 = jax.tree.map(lambda w: cell_scale.reshape((-1,) + (1,) * w.ndim) * w[None], base)

@@ -15,7 +15,7 @@ from typing import NamedTuple
 import jax
 import numpy as np
 
-from noisydln import moments
+from noisydln import eigen, moments
 
 STATE_ELEMENTS_PER_CHUNK = 2**21  # default chunk: at most about 8 MB of float32 parameters
 STEP_TEMPORARIES = (
@@ -24,10 +24,13 @@ STEP_TEMPORARIES = (
 RECORD_TEMPORARIES = 3  # live copies of the recorded values (values, gathered, folded blocks)
 # vectors of the parameters' size per trajectory while `top_eigenvalue` is recorded: its Lanczos
 # recurrence keeps three (previous, current, next), the products p_l and the Hessian's
-# couplings two more, and its start one (`noisydln.eigen`); on a CPU, which computes it in
-# blocks, XLA's memory analysis of W1's chunk shows 2.4 per trajectory, where the whole batch
-# runs at once (an accelerator) all six
-LANCZOS_STATE_COPIES = 6
+# couplings two more, and its start one; the warm runs after the first record keep their basis
+# (`eigen.WARM_ITERATIONS` vectors), and the Ritz vector carried from record to record is one
+# more, with the new one (`noisydln.eigen`; the cold first record and the rare longer runs make
+# their Ritz vector in a second pass, without a basis). On a CPU, which computes it in blocks,
+# XLA's memory analysis of W1's chunk showed 2.4 per trajectory before the warm start (the
+# blocks' basis is not per trajectory), where the whole batch runs at once (an accelerator) all
+LANCZOS_STATE_COPIES = 8 + eigen.WARM_ITERATIONS
 KEPT_COPIES = 2  # kept records on the device: the scan's output, then with the first record
 HOST_COPIES = 2  # kept trajectories on the host: the chunks, then their concatenation
 MIN_BLOCKS = 2  # blocks of the fold per chunk, at least (see `round_chunk`)

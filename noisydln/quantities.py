@@ -56,7 +56,8 @@ DESCRIPTIONS = {
     "top_eigenvalue": (
         "[]",
         f"largest (algebraic) eigenvalue of the Hessian of L, by {eigen.RECORD_ITERATIONS} "
-        "Lanczos steps (noisydln.eigen)",
+        f"Lanczos steps at the first record, then {eigen.WARM_ITERATIONS} from the previous "
+        "record's Ritz vector (noisydln.eigen)",
     ),
     "l1_norm": ("[]", "||beta||_1"),
     "support_size": (
@@ -161,11 +162,17 @@ def record(
     hyper: algorithms.Hyper,
     quantities,
     next_params: jax.Array | None = None,
-) -> dict:
-    """The recorded quantities of one state (closed forms of docs/theory.md s1-3).
+    memory: dict | None = None,
+) -> tuple[dict, dict]:
+    """The recorded quantities of one state (closed forms of docs/theory.md s1-3), and what the
+    trajectory's next record needs from this one.
+
+    `memory` is what the previous record of the trajectory returned (None at its first record):
+    `{"top_eigenvector": [depth, d]}` when `top_eigenvalue` is recorded (the start of the next
+    record's warm Lanczos run, `eigen.recorded_top_eigenvalue`), else `{}`.
 
     Returns:
-      dict with (a subset of) `beta: [d]`, `imbalance: [depth - 1, d]` (`w_l^2 - w_1^2` for
+      `(values, memory)`, values a dict with (a subset of) `beta: [d]`, `imbalance: [depth - 1, d]` (`w_l^2 - w_1^2` for
       l > 1), `loss`, `expected_loss`, `sharpness` (average sharpness at sigma),
       `hessian_trace`, the gaps to the balanced factorisation of the same product
       `trace_gap = tr hess - min tr hess` and `sharpness_gap = S - min S` (docs/theory.md s2), and,
@@ -173,7 +180,7 @@ def record(
       `= Delta(next) - rho(params) Delta(params)` (depth 2, docs/theory.md s3; mean 0 over seeds),
       and `basin: [d]`, 1 where `beta_i` is nearer the non-zero stationary point of a diagonal
       design than 0 (docs/theory.md s4). Diagnostics: `top_eigenvalue`, the largest eigenvalue
-      of the Hessian (`eigen.diagonal_top_eigenvalue`, Lanczos from Hessian-vector products),
+      of the Hessian (`eigen.recorded_top_eigenvalue`, Lanczos from Hessian-vector products),
       and the diagnostics of `beta_diagnostics`: `l1_norm`, `support_size`,
       `distance_to_limit` and `test_loss` (held-out data).
     """
@@ -201,12 +208,15 @@ def record(
         z = theory.diagonal_target(problem)
         root = jnp.sign(z) * jnp.abs(theory.limit(z, hyper.sigma, depth))
         values["basin"] = ((root != 0) & (jnp.abs(beta - root) < jnp.abs(beta))).astype(beta.dtype)
+    following = {}
     if "top_eigenvalue" in wanted:
-        values["top_eigenvalue"] = eigen.diagonal_top_eigenvalue(params, problem)
+        carried = None if memory is None else memory["top_eigenvector"]
+        top, following["top_eigenvector"] = eigen.recorded_top_eigenvalue(params, problem, carried)
+        values["top_eigenvalue"] = top
     values.update(beta_diagnostics(beta, problem, hyper.sigma, depth, wanted))
     if "imbalance_step_residual" in wanted:
         rho = theory.imbalance_factor(params, problem, hyper.sigma, hyper.eta)
         before = params[0] ** 2 - params[1] ** 2
         after = next_params[0] ** 2 - next_params[1] ** 2
         values["imbalance_step_residual"] = after - rho * before
-    return {name: values[name] for name in quantities}
+    return {name: values[name] for name in quantities}, following

@@ -255,13 +255,14 @@ def observe(
     step: jax.Array,
     quantities,
     network: networks.Network = networks.DIAGONAL,
-) -> dict:
+    memory=None,
+) -> tuple[dict, object]:
     """`network.record` of one trajectory at `step`, taking the next step too when a quantity
-    needs it."""
+    needs it: `(values, memory)`, `memory` the previous record's (None at the first)."""
     next_params = None
     if set(quantities) & set(network.step_quantities):  # the very step the run takes next
         next_params = rule(jax.random.fold_in(key, step), state, problem, hyper).params
-    return network.record(state.params, problem, hyper, quantities, next_params)
+    return network.record(state.params, problem, hyper, quantities, next_params, memory)
 
 
 def advance(
@@ -359,16 +360,19 @@ def scan_records(
     state,
     steps: np.ndarray,
     advance_fn: Callable[[object, jax.Array, jax.Array], object],
-    observe_fn: Callable[[object, object, jax.Array], object],
+    observe_fn: Callable[[object, object, jax.Array, object], tuple[object, object]],
     per_record=None,
 ):
-    """`observe_fn(state, per_record[r], steps[r])` at every record r, advancing in between.
+    """`observe_fn(state, per_record[r], steps[r], memory)` at every record r, advancing in
+    between; the recorder's `memory` is carried from each record to the next.
 
     Args:
       state: the initial state (one trajectory, or a batch of them).
       steps: the record steps, `int [R]`, starting with 0.
       advance_fn: `(state, start, stop) -> state`, the steps `start .. stop - 1`.
-      observe_fn: `(state, extra, step) -> observation` at a record step.
+      observe_fn: `(state, extra, step, memory) -> (observation, memory)` at a record step;
+        `memory` is None at the first record, then what the previous call returned (a pytree
+        whose structure and shapes stay those of the first call's, `{}` for nothing).
       per_record: optional pytree with leading axis `[R]`, handed to `observe_fn` record by record.
 
     Returns:
@@ -376,14 +380,16 @@ def scan_records(
     """
     take = lambda r: jax.tree.map(lambda x: x[r], per_record)  # noqa: E731
 
-    def body(state, inputs):
+    def body(carry, inputs):
+        state, memory = carry
         (start, stop), extra = inputs
         state = advance_fn(state, start, stop)
-        return state, observe_fn(state, extra, stop)
+        observation, memory = observe_fn(state, extra, stop, memory)
+        return (state, memory), observation
 
-    first = observe_fn(state, take(0), jnp.asarray(steps[0], jnp.int32))
+    first, memory = observe_fn(state, take(0), jnp.asarray(steps[0], jnp.int32), None)
     rest_inputs = jax.tree.map(lambda x: x[1:], per_record)
-    _, rest = jax.lax.scan(body, state, (segments(steps), rest_inputs))
+    _, rest = jax.lax.scan(body, (state, memory), (segments(steps), rest_inputs))
     return jax.tree.map(lambda a, b: jnp.concatenate([a[None], b]), first, rest)
 
 
@@ -394,7 +400,7 @@ def _simulate_jit(key, problem, hyper, params, config):
         config.init_state(params),
         config.record_steps(),
         lambda state, start, stop: advance(rule, key, state, problem, hyper, start, stop),
-        lambda state, _, step: observe(
-            rule, key, state, problem, hyper, step, config.quantities, config.family()
+        lambda state, _, step, memory: observe(
+            rule, key, state, problem, hyper, step, config.quantities, config.family(), memory
         ),
     )

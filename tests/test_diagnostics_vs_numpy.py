@@ -209,8 +209,9 @@ def test_diagnostics_with_a_zero_column_stay_finite():
         X, X @ np.array([1.0, 0.0, -0.5]), X_test=X, y_test=X[:, 0]
     )
     record = jax.jit(quantities.record, static_argnums=3)
-    values = record(
+    values, memory = record(
         jnp.full((2, 3), 0.5), problem, Hyper(jnp.float64(0.3), 0.01), ("beta", *DIAGNOSTICS)
     )
+    assert memory == {}  # nothing carried without top_eigenvalue
     assert all(np.all(np.isfinite(v)) for v in values.values())
     assert float(quantities.coordinate_targets(problem)[1]) == 0.0

@@ -19,6 +19,11 @@ parameters with `P` steps. Every check is shown to reject a realistic error: 5 L
 from the same start (in NumPy; 1 step, the start's Rayleigh quotient, for the dense networks,
 whose top eigenvalue is far from the rest), a Hessian-vector product whose curvature term is
 5 % off, and the second-largest eigenvalue.
+
+The recorded values along W1 trajectories (the first record cold, the later ones warm-started
+from the previous record's Ritz vector) are checked the same way against `eigvalsh` of the
+recorded parameters; rejected: the warm runs without their fallback to `RECORD_ITERATIONS`
+steps, and `WARM_ITERATIONS` steps from the cold start.
 """
 
 import functools
@@ -30,6 +35,8 @@ import pytest
 
 import noisydln
 from noisydln import dense, eigen, lanczos
+from noisydln.algorithms import Hyper
+from noisydln.simulate import advance, observe, scan_records
 
 F64_RTOL = 1e-6
 
@@ -239,11 +246,13 @@ def check_diagonal_states(states, dtype):
     assert np.max(relative_errors(wrong, spectra[:, -1])) > 10 * rtol
 
 
-@pytest.mark.parametrize("dtype", [jnp.float32, pytest.param(jnp.float64, marks=pytest.mark.slow)])
+@pytest.mark.slow
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.float64])
 def test_diagonal_top_eigenvalue_vs_eigvalsh(dtype):
-    """The recorder's Lanczos (`diagonal_top_eigenvalue`, `RECORD_ITERATIONS` steps) on W1
-    states at depth 2 (float64, to 1e-6: slow; the default suite checks 1e-6 in float64 on
-    the recorded states of `test_recorded_top_eigenvalue_vs_eigvalsh_of_recorded_states`)."""
+    """The recorder's cold Lanczos (`diagonal_top_eigenvalue`, `RECORD_ITERATIONS` steps) on W1
+    states at depth 2 (the default suite checks the recorded values, cold and warm, against
+    `eigvalsh` along W1 trajectories in float64, and 6 states in float32 in
+    `test_top_eigenvalue_same_numbers_whatever_the_batch`)."""
     check_diagonal_states(w1_states(2), dtype)
 
 
@@ -369,3 +378,87 @@ def test_recorded_top_eigenvalue_vs_eigvalsh_of_recorded_states(key):
     recorded = np.array([kept["top_eigenvalue"][s, r] for s, r in records])
     assert np.max(relative_errors(recorded, exact)) <= F64_RTOL
     assert np.ptp(recorded) > 1.0  # the eigenvalue moves: not a constant
+
+
+@functools.partial(jax.jit, static_argnames="config")
+def _recorded_along(problem, keys, sigmas, config):
+    """`(top_eigenvalue, params, carried Ritz vector)` at every record `[S, C, R, ...]` of the
+    trajectories of `keys` x `sigmas`, by the recorder's own path (`simulate.observe` in
+    `simulate.scan_records`, batched like a grid chunk)."""
+    rule, family, dtype = config.rule(), config.family(), problem.gram.dtype
+    params0 = jnp.asarray(config.init, dtype)
+
+    def one(key, sigma):
+        hyper = Hyper(sigma=sigma, eta=jnp.asarray(config.eta, dtype))
+
+        def record(state, _, step, memory):
+            values, memory = observe(
+                rule, key, state, problem, hyper, step, config.quantities, family, memory
+            )
+            return (values["top_eigenvalue"], state.params, memory["top_eigenvector"]), memory
+
+        def steps(state, start, stop):
+            return advance(rule, key, state, problem, hyper, start, stop)
+
+        return scan_records(config.init_state(params0), config.record_steps(), steps, record)
+
+    return jax.vmap(lambda k: jax.vmap(lambda s: one(k, s))(sigmas))(keys)
+
+
+@functools.partial(jax.jit, static_argnums=3)
+def _realistic_errors(params, carried, problem, num_iterations):
+    """Two ways to get the warm start wrong, `[N]` each: `num_iterations` Lanczos steps from
+    each record's carried vector and nothing more, and as many from `diagonal_start`."""
+
+    def both(p, s):
+        warm = eigen.diagonal_top_eigenpair(p, problem, num_iterations, s, vector=False)
+        return warm, eigen.diagonal_top_eigenvalue(p, problem, num_iterations)
+
+    return jax.vmap(both)(params, carried)
+
+
+@pytest.mark.parametrize("dtype", [jnp.float64, pytest.param(jnp.float32, marks=pytest.mark.slow)])
+def test_warm_started_records_vs_eigvalsh_along_trajectories(dtype):
+    """The recorded `top_eigenvalue` along W1 trajectories (stochastic SAM, sigma 0.1 and 0.3,
+    2 seeds, 200 steps recorded every 10: the first record cold, the later ones warm from the
+    previous record's Ritz vector, `eigen.WARM_ITERATIONS` steps and `RECORD_ITERATIONS` more
+    where the residual is large, as in the hard records 10 to 40 steps in) against `eigvalsh`
+    of the exact Hessian of the very parameters recorded. Rejected: the warm runs without that
+    fallback, and `WARM_ITERATIONS` cold steps from `diagonal_start`."""
+    problem = w1_problem(dtype)
+    config = noisydln.SimConfig(
+        num_steps=200, record_every=10, eta=0.01, init=tuple(map(tuple, np.asarray(w1_init(2)))),
+        quantities=("top_eigenvalue",),
+    )  # fmt: skip
+    keys = jax.random.split(jax.random.key(5), 2)
+    tops, params, carried = _recorded_along(problem, keys, jnp.array([0.1, 0.3], dtype), config)
+    assert tops.dtype == dtype and tops.shape == (2, 2, 21)
+    flat = params.reshape(-1, 2, 100)
+    spectra = diagonal_spectra(flat, problem)
+    exact = spectra[:, -1].reshape(tops.shape)
+    rtol = rtol_for(dtype, 100, eigen.RECORD_ITERATIONS)
+    assert np.max(relative_errors(tops, exact)) <= rtol
+    previous = carried[:, :, :-1].reshape(-1, 2, 100)  # each record's start: the one before
+    later = params[:, :, 1:].reshape(-1, 2, 100)
+    without, cold = _realistic_errors(later, previous, problem, eigen.WARM_ITERATIONS)
+    assert np.max(relative_errors(without, exact[:, :, 1:].ravel())) > 10 * rtol
+    assert np.max(relative_errors(cold, exact[:, :, 1:].ravel())) > 10 * rtol
+
+
+@pytest.mark.slow
+def test_warm_started_records_same_numbers_whatever_the_chunk(key):
+    """The carried Ritz vectors leave a trajectory's recorded `top_eigenvalue` the same, bit
+    for bit, in one chunk of 16 seeds and in chunks of 8 (other blocks of the recorder, other
+    neighbours in them)."""
+    problem = noisydln.make_problem(key, 40, 10, k=3)
+    config = noisydln.SimConfig(
+        num_steps=60, record_every=10, eta=0.02, init=0.8, quantities=("top_eigenvalue",)
+    )
+    runs = [
+        noisydln.run_grid(
+            key, problem, config, num_seeds=16, sigmas=[0.1, 0.3], chunk_size=chunk,
+            keep_trajectories=True,
+        ).trajectories["top_eigenvalue"]
+        for chunk in (16, 8)
+    ]  # fmt: skip
+    np.testing.assert_array_equal(runs[0], runs[1])

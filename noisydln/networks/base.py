@@ -26,9 +26,9 @@ class Network(abc.ABC):
     The rules need `end_to_end`, `pullback` (and `grad`, `expected_grad`, `layer_mask`);
     `SimConfig` needs `check_depth`, `check_init`, `check_init_seed`, `base_init`,
     `num_params`; the recorder needs `quantities`, `extra_quantities`, `step_quantities`,
-    `check_quantities`, `record`; the results file needs `describe`, `dims` and
-    `layer_coordinate`. A new family is one module implementing these, registered in
-    `noisydln.networks.FAMILIES`.
+    `check_quantities`, `record` (whose memory the record scan carries to the trajectory's next
+    record); the results file needs `describe`, `dims` and `layer_coordinate`. A new family is
+    one module implementing these, registered in `noisydln.networks.FAMILIES`.
     """
 
     name: ClassVar[str]
@@ -118,11 +118,16 @@ class Network(abc.ABC):
 
     @abc.abstractmethod
     def record(
-        self, params: Params, problem: Problem, hyper, quantities, next_params=None
-    ) -> dict[str, jax.Array]:
-        """The recorded `quantities` of one state (`hyper`: the cell's `algorithms.Hyper`;
-        `next_params`: the parameters after the step the run takes next, for
-        `step_quantities`)."""
+        self, params: Params, problem: Problem, hyper, quantities, next_params=None, memory=None
+    ) -> tuple[dict[str, jax.Array], object]:
+        """`(values, memory)`: the recorded `quantities` of one state (`hyper`: the cell's
+        `algorithms.Hyper`; `next_params`: the parameters after the step the run takes next,
+        for `step_quantities`), and what the trajectory's next record needs from this one.
+
+        `memory` is what the previous record of the same trajectory returned, None at the
+        first: a pytree of arrays whose structure and shapes must not change after the first
+        record (the record scan carries it), empty (`{}`) when nothing is carried. The diagonal
+        family carries the top Ritz vector of `top_eigenvalue` (a warm Lanczos start)."""
 
     @abc.abstractmethod
     def describe(self, name: str) -> tuple[str, str]:

@@ -251,8 +251,9 @@ class Dense(Network):
         prefixes = sum(rows * d * (rows + d) for rows, _ in shapes[1:-1])
         return PRODUCT_COPIES * (layers + prefixes)
 
-    def record(self, params, problem: Problem, hyper, quantities, next_params=None) -> dict:
-        """The recorded quantities of one state (see `DESCRIPTIONS`; docs/dense.md s1-3).
+    def record(self, params, problem: Problem, hyper, quantities, next_params=None, memory=None):
+        """`(values, {})`: the recorded quantities of one state (see `DESCRIPTIONS`;
+        docs/dense.md s1-3); nothing is carried to the next record (`top_eigenvalue` runs cold).
 
         `sharpness = dense.average_sharpness` (exactly 0 at sigma = 0) and `expected_loss =
         loss + sharpness`, as for the diagonal family; `imbalance_drift_residual` needs
@@ -286,7 +287,7 @@ class Dense(Network):
             values["top_eigenvalue"] = eigen.dense_top_eigenvalue(params, problem)
         diagnostics = _quantities().beta_diagnostics
         values.update(diagnostics(beta, problem, hyper.sigma, len(params), quantities))
-        return {name: values[name] for name in quantities}
+        return {name: values[name] for name in quantities}, {}
 
     def describe(self, name: str) -> tuple[str, str]:
         """`DESCRIPTIONS`, and `quantities.DESCRIPTIONS` for the shared diagnostics."""

@@ -109,9 +109,9 @@ class Diagonal(Network):
         if "imbalance_step_residual" in quantities and depth != 2:
             raise ValueError("imbalance_step_residual uses the depth-2 factor rho: set depth=2")
 
-    def record(self, params, problem, hyper, quantities, next_params=None) -> dict:
-        """`noisydln.quantities.record`."""
-        return _quantities().record(params, problem, hyper, quantities, next_params)
+    def record(self, params, problem, hyper, quantities, next_params=None, memory=None):
+        """`noisydln.quantities.record` (its memory: the Ritz vector of `top_eigenvalue`)."""
+        return _quantities().record(params, problem, hyper, quantities, next_params, memory)
 
     def describe(self, name: str) -> tuple[str, str]:
         return _quantities().DESCRIPTIONS[name]
