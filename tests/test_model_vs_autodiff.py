@@ -30,7 +30,7 @@ def make_case(key, depth, design):
 
 
 @pytest.mark.parametrize("design", sorted(DESIGNS))
-@pytest.mark.parametrize("depth", [2, 3, 4])
+@pytest.mark.parametrize("depth", [2, 3, pytest.param(4, marks=pytest.mark.slow)])
 def test_closed_forms_vs_autodiff(key, depth, design):
     problem, params = make_case(key, depth, design)
     autodiff_hessian = jax.hessian(direct_loss)(params, problem).reshape(depth * 5, depth * 5)
@@ -63,7 +63,7 @@ def test_imbalances_are_differences_of_squares(key):
     np.testing.assert_allclose(out[2, 0], params[2] ** 2 - params[0] ** 2, rtol=1e-15)
 
 
-@pytest.mark.parametrize("depth", [2, 3])
+@pytest.mark.parametrize("depth", [2, pytest.param(3, marks=pytest.mark.slow)])
 def test_float32_vs_float64(key, depth):
     problem, params = make_case(key, depth, "gaussian")
     problem32 = jax.tree.map(lambda a: a.astype(jnp.float32), problem)
