@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from dense_numpy import cut, np_after_before, np_moments
 
 import noisydln
 from noisydln import dense, noise, quantities
@@ -33,31 +34,10 @@ QUANTITIES = (
 TOLERANCE = {"float64": (1e-10, 1e-12), "float32": (0.0, 1e-4)}  # (rtol, atol x largest value)
 
 
-def np_after_before(ws):
-    """`a_l = (W_L ... W_(l+1))^T` `[h_l]` and `B_l = W_l ... W_1` `[h_l, d]`, `l = 0..L`."""
-    after, before = [np.ones(1)], [np.eye(ws[0].shape[1])]
-    for w in reversed(ws):
-        after.insert(0, after[0] @ w)
-    for w in ws:
-        before.append(w @ before[-1])
-    return after, before
-
-
 def np_grad(ws, gram, xty):
     after, before = np_after_before(ws)
     r = 2 * (xty - gram @ after[0])
     return [-np.outer(after[k + 1], before[k] @ r) for k in range(len(ws))]
-
-
-def np_moments(ws, gram, sigma):
-    """Input moments `N_0..N_L` and output moments `G_0..G_L` (docs/dense.md s2)."""
-    inputs, outputs = [gram], [np.ones((1, 1))]
-    for w in ws:
-        inputs.append(w @ inputs[-1] @ w.T + sigma**2 * np.trace(inputs[-1]) * np.eye(len(w)))
-    for w in reversed(ws):
-        g = outputs[0]
-        outputs.insert(0, w.T @ g @ w + sigma**2 * np.trace(g) * np.eye(w.shape[1]))
-    return inputs, outputs
 
 
 def np_diagnostics(ws, beta, problem, sigma):
@@ -106,12 +86,6 @@ def np_observe(ws, X, y, gram, xty, yty, sigma, problem=None):
         "sharpness": expected - loss,
         "hessian_trace": trace,
     }
-
-
-def cut(flat, ws):
-    """The flat vector `[P]` as matrices shaped like `ws`, `W_1` first."""
-    offsets = np.cumsum([0] + [w.size for w in ws])
-    return [flat[offsets[k] : offsets[k + 1]].reshape(w.shape) for k, w in enumerate(ws)]
 
 
 def np_direction(rule, ws, key, sigma, gram, xty, dtype):

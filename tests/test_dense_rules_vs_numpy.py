@@ -37,6 +37,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from dense_numpy import cut, np_after_before, np_moments
 
 import noisydln
 from noisydln import noise
@@ -61,16 +62,6 @@ SCHEDULES = {
 # ---------------------------------------------------------------- NumPy reference
 
 
-def np_after_before(ws):
-    """`a_l = (W_L ... W_(l+1))^T` `[h_l]` and `B_l = W_l ... W_1` `[h_l, d]`, `l = 0..L`."""
-    after, before = [np.ones(1)], [np.eye(ws[0].shape[1])]
-    for w in reversed(ws):
-        after.insert(0, after[0] @ w)
-    for w in ws:
-        before.append(w @ before[-1])
-    return after, before
-
-
 def np_grad(ws, X, y):
     """The gradient of `(1/m) ||y - X beta||^2` on the `m` rows of `X`, one matrix per layer."""
     after, before = np_after_before(ws)
@@ -81,23 +72,12 @@ def np_grad(ws, X, y):
 def np_expected_grad(ws, X, y, sigma):
     """`dL_R/dW_l = 2 G_l W_l N_(l-1) - 2 a_l (B_(l-1) b)^T` (docs/dense.md s2)."""
     gram, xty = X.T @ X / len(y), X.T @ y / len(y)
-    inputs, outputs = [gram], [np.ones((1, 1))]
-    for w in ws:
-        inputs.append(w @ inputs[-1] @ w.T + sigma**2 * np.trace(inputs[-1]) * np.eye(len(w)))
-    for w in reversed(ws):
-        g = outputs[0]
-        outputs.insert(0, w.T @ g @ w + sigma**2 * np.trace(g) * np.eye(w.shape[1]))
+    inputs, outputs = np_moments(ws, gram, sigma)
     after, before = np_after_before(ws)
     return [
         2 * outputs[k + 1] @ ws[k] @ inputs[k] - 2 * np.outer(after[k + 1], before[k] @ xty)
         for k in range(len(ws))
     ]
-
-
-def cut(flat, ws):
-    """The flat vector `[P]` as matrices shaped like `ws`, `W_1` first, each row-major."""
-    offsets = np.cumsum([0] + [w.size for w in ws])
-    return [flat[offsets[k] : offsets[k + 1]].reshape(w.shape) for k, w in enumerate(ws)]
 
 
 def plus(ws, scale, vs):
