@@ -294,9 +294,12 @@ def dense_top_eigenvalue(
 
     `num_iterations` steps of the plain three-term Lanczos recurrence on `dense_hvp` from
     `start` (default `lanczos.default_start`, shaped like params), the largest Ritz value by
-    bisection. The default count is the diagonal network's on W1; none was measured for dense
-    networks (their Hessians have large near-null spaces): pass the parameters' size `P` for
-    the exact value (up to rounding), or measure a count against `eigvalsh(dense.hessian(...))`.
+    bisection. The default count is the diagonal network's on W1. Measured for dense networks
+    in float64 against `eigvalsh(dense.hessian(...))` (Gaussian designs, n = 100; d, widths =
+    30, (20, 10); 50, (30,); 40, (40,): P = 810 to 1640; 4 random starts of scale 0.5 each, at
+    0, 10, 30, 100 and 300 steps of GD): largest relative error 2.3e-15, the top eigenvalue
+    being far from the rest there. For other networks pass `P` for the exact value (up to
+    rounding), or check a count against `eigvalsh`.
 
     Args:
       params: `(W_1 [h_1, d], ..., W_L [1, h_{L-1}])`.
