@@ -5,7 +5,9 @@ sums) by the shapes of the whole batch, so a trajectory's numbers could change w
 of trajectories computed beside it. These are broadcasts, static slices and additions in a fixed
 pairwise tree: the same operations for every batch, which keeps `run_grid`'s chunk and device
 invariance for the dense family (`noisydln.dense`). A sum of at most `TERMS` terms is written
-term by term (fewer, smaller kernels for XLA to compile); a longer one is `model.pairwise_sum`.
+term by term (`tree_sum`); a longer one is cut into consecutive blocks of `TERMS` terms, each
+summed by `tree_sum` (XLA fuses a block into one loop), and the block sums are added by
+`tree_sum`: no `[i, j, k]` array of products is formed.
 
 XLA:CPU always lets LLVM fuse a multiply into the add that consumes it (fused multiply-add), and
 whether it does can differ between the programs of one and of several devices where the same
@@ -15,8 +17,6 @@ devices. Callers keep constant zeros out of their arithmetic.
 """
 
 import jax
-
-from noisydln.model import pairwise_sum
 
 TERMS = 16
 
@@ -29,29 +29,35 @@ def tree_sum(terms: list[jax.Array]) -> jax.Array:
     return terms[0]
 
 
+def _blocks(length: int) -> list[range]:
+    """`[0, length)` cut into consecutive ranges of `TERMS` indices (the last one shorter)."""
+    return [range(start, min(start + TERMS, length)) for start in range(0, length, TERMS)]
+
+
 def matvec(a: jax.Array, v: jax.Array) -> jax.Array:
-    """`a @ v`, `[i, k] @ [k] -> [i]`, summed over `k` in a fixed order."""
-    if a.shape[1] <= TERMS:
-        return tree_sum([a[:, m] * v[m] for m in range(a.shape[1])])
-    return pairwise_sum(a * v[None, :])
+    """`a @ v`, `[i, k] @ [k] -> [i]`, summed over `k` in a fixed order (as `matmul`)."""
+    blocks = [tree_sum([a[:, m] * v[m] for m in block]) for block in _blocks(a.shape[1])]
+    return tree_sum(blocks)
 
 
 def vecmat(v: jax.Array, a: jax.Array) -> jax.Array:
-    """`v @ a`, `[k] @ [k, j] -> [j]`, summed over `k` in a fixed order."""
-    if a.shape[0] <= TERMS:
-        return tree_sum([v[m] * a[m, :] for m in range(a.shape[0])])
-    return pairwise_sum(a.T * v[None, :])
+    """`v @ a`, `[k] @ [k, j] -> [j]`, summed over `k` in a fixed order (as `matmul`)."""
+    blocks = [tree_sum([v[m] * a[m, :] for m in block]) for block in _blocks(a.shape[0])]
+    return tree_sum(blocks)
 
 
 def matmul(a: jax.Array, b: jax.Array) -> jax.Array:
     """`a @ b`, `[i, k] @ [k, j] -> [i, j]`, summed over `k` in a fixed order.
 
-    A long `k` holds the `[i, j, k]` products (XLA may fuse them into the sums): meant for the
-    widths of the networks simulated here, not for large matrices.
+    `k` is cut into consecutive blocks of `TERMS`; each block's rank-1 terms
+    `a[:, m] b[m, :]` are added by `tree_sum` (XLA fuses a block into one loop over `[i, j]`),
+    then the block sums by `tree_sum`: no `[i, j, k]` array, at most `ceil(k / TERMS)` arrays
+    `[i, j]` live.
     """
-    if a.shape[1] <= TERMS:
-        return tree_sum([a[:, m, None] * b[None, m, :] for m in range(a.shape[1])])
-    return pairwise_sum(a[:, None, :] * b.T[None, :, :])
+    blocks = [
+        tree_sum([a[:, m, None] * b[None, m, :] for m in block]) for block in _blocks(a.shape[1])
+    ]
+    return tree_sum(blocks)
 
 
 def trace(a: jax.Array) -> jax.Array:

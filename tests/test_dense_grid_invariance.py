@@ -53,6 +53,22 @@ def test_chunk_size_does_not_change_a_bit(key, dtype):
     assert not np.array_equal(other.mean["loss"], reference.mean["loss"])
 
 
+def test_long_contractions_chunk_size_does_not_change_a_bit(key):
+    """Contractions longer than `linalg.TERMS` (d = 20, width 18) are summed block by block:
+    still the same bits in float32 for one chunk and for chunks of 8."""
+    drawn = noisydln.make_problem(key, 40, 20, k=3, noise_std=0.1)
+    problem = noisydln.problem_from_data(
+        np.asarray(drawn.X, np.float32), np.asarray(drawn.y, np.float32)
+    )
+    long = config(widths=(18,), init=0.2, eta=0.002)
+    results = [
+        noisydln.run_grid(key, problem, long, num_seeds=12, sigmas=[0.0, 0.1], chunk_size=chunk)
+        for chunk in (None, 8)
+    ]
+    assert_identical(*results)
+    assert np.all(np.isfinite(results[0].mean["expected_loss"]))
+
+
 def digest_with_devices(count: int, chunk: str, dtype: str) -> tuple[int, str]:
     env = dict(
         os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={count}", JAX_PLATFORMS="cpu"

@@ -40,12 +40,11 @@ EXTRA_QUANTITIES = ("imbalance_drift_residual", "top_eigenvalue")  # and the bet
 # recorded from beta or by the Lanczos kernel alone (no moment recursion, no [h, h] products)
 CHEAP_QUANTITIES = ("beta", "loss", "top_eigenvalue", "l1_norm", "support_size")
 CHEAP_QUANTITIES += ("distance_to_limit", "test_loss")
-# live copies of the products a record forms (`record_temporaries`): XLA's memory analysis of a
-# chunk of 256 float32 trajectories with the default quantities against beta alone shows 1.83 to
-# 1.95 times `sum m k n` at depth 2 (d, widths = 100, (50,); 50, (100,); 100, (100,); 30, (80,))
-# and 1.5 times at depth 3 (60, (40, 30)), so 2 bounds them. Tiny networks (12, (10, 8)) have
-# their products fused by XLA: there the estimate is 9 times XLA's bytes, an over-estimate only
-PRODUCT_COPIES = 2
+# live copies of the block sums a record's products keep (`record_temporaries`): against XLA's
+# memory analysis of one chunk of float32 trajectories with the default quantities (conftest's
+# `_xla_chunk_bytes`), the whole chunk's estimate is 1.1 to 2.1 times XLA's bytes with 1 copy
+# (d, widths = 100, (100,) in 256 trajectories; 30, (20,); 40, (30, 20); 50, (100,) in 1024)
+PRODUCT_COPIES = 1
 
 
 def _quantities():
@@ -240,15 +239,19 @@ class Dense(Network):
         return sum(rows * columns for rows, columns in dense.layer_shapes(d, self.widths))
 
     def record_temporaries(self, quantities: tuple[str, ...], d: int) -> int:
-        """`PRODUCT_COPIES` x the sum of `m k n` over the matrix products a record forms
-        (`[m, k] @ [k, n]` in fixed order keeps an `[m, k, n]` product live, `noisydln.linalg`):
-        `W_l N W_l^T` of every layer and `B_k Sigma B_k^T` of every prefix `B_k = W_k ... W_1`,
-        `[h_k, d]`. None when only `CHEAP_QUANTITIES` are recorded."""
+        """`PRODUCT_COPIES` x the sum of `m ceil(k / TERMS) n` over the matrix products a record
+        forms (`[m, k] @ [k, n]` in fixed order keeps one `[m, n]` sum per block of `TERMS`
+        terms, `noisydln.linalg.matmul`): `W_l N W_l^T` of every layer and `B_k Sigma B_k^T` of
+        every prefix `B_k = W_k ... W_1`, `[h_k, d]`; plus the output moment `W_l^T G W_l`,
+        `[h_{l-1}, h_{l-1}]`, of every layer. None when only `CHEAP_QUANTITIES` are recorded."""
         if set(quantities) <= set(CHEAP_QUANTITIES):
             return 0
         shapes = dense.layer_shapes(d, self.widths)
-        layers = sum(rows * columns * (rows + columns) for rows, columns in shapes)
-        prefixes = sum(rows * d * (rows + d) for rows, _ in shapes[1:-1])
+        blocks = lambda k: -(-k // linalg.TERMS)  # noqa: E731
+        layers = sum(
+            rows * blocks(columns) * (rows + columns) + columns**2 for rows, columns in shapes
+        )
+        prefixes = sum(rows * blocks(d) * (rows + d) for rows, _ in shapes[1:-1])
         return PRODUCT_COPIES * (layers + prefixes)
 
     def record(self, params, problem: Problem, hyper, quantities, next_params=None, memory=None):
