@@ -41,7 +41,10 @@ def assert_identical(a, b):
         np.testing.assert_array_equal(a.count[name], b.count[name], err_msg=name)
 
 
-@pytest.mark.parametrize("dtype", ["float64", pytest.param("float32", marks=pytest.mark.slow)])
+# the default run checks chunk sizes in float32 on long contractions (below) and float64 across
+# devices (`test_two_devices_do_not_change_a_bit`); these short-contraction cases run with -m slow
+@pytest.mark.slow
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
 def test_chunk_size_does_not_change_a_bit(key, dtype):
     with jax.enable_x64(dtype == "float64"):
         drawn = noisydln.make_problem(key, 30, 5, k=2, noise_std=0.1)
@@ -82,8 +85,7 @@ def digest_with_devices(count: int, chunk: str, dtype: str) -> tuple[int, str]:
 
 
 def test_two_devices_do_not_change_a_bit():
-    """Two XLA host devices in a subprocess against this process's one device (the script's
-    run, compiled here already by `test_chunk_size_does_not_change_a_bit`)."""
+    """Two XLA host devices in a subprocess against this process's one device (float64)."""
     spec = importlib.util.spec_from_file_location("dense_grid_digest", SCRIPT)
     script = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(script)
