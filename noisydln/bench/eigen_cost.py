@@ -27,7 +27,7 @@ import sys
 import time
 from pathlib import Path
 
-from noisydln.bench.throughput import run_worker, set_host_devices, w1_data
+from noisydln.bench.throughput import run_worker, save_numbers, set_host_devices, w1_data
 
 WORKER_MODULE = "noisydln.bench.eigen_cost"
 ACCURACY_STEPS = (*range(10, 101, 10), 200, 500, 1000, 2000)
@@ -243,9 +243,7 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(report))
         return 0
     numbers = benchmark(args)
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(numbers, indent=2))
+    save_numbers(args.json, numbers)
     return 0
 
 

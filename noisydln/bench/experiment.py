@@ -25,7 +25,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from noisydln.bench.throughput import peak_memory_mb, run_worker, set_host_devices
+from noisydln.bench.throughput import peak_memory_mb, run_worker, save_numbers, set_host_devices
 
 WORKER_MODULE = "noisydln.bench.experiment"
 OVERHEAD_TARGET = 0.05  # run_experiment may take at most 5 % longer than its run_grid calls
@@ -280,9 +280,7 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(worker(args)))
         return 0
     numbers = benchmark(args)
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(numbers, indent=2))
+    save_numbers(args.json, numbers)
     return 0
 
 

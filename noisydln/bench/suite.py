@@ -2,8 +2,9 @@
 
 import argparse
 import importlib
-import json
 from pathlib import Path
+
+from noisydln.bench.throughput import save_numbers
 
 SUITES = ("throughput", "experiment", "eigen")
 MODULES = {"eigen": "eigen_cost"}  # a suite's module in noisydln.bench, when not its name
@@ -47,7 +48,5 @@ def main(argv: list[str] | None = None) -> int:
         module = importlib.import_module(f"noisydln.bench.{MODULES.get(name, name)}")
         print(("\n" if i else "") + f"== {name} ==", flush=True)
         numbers[name] = module.benchmark(module.parse_args(shared))
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(numbers, indent=2))
+    save_numbers(args.json, numbers)
     return 0

@@ -66,6 +66,13 @@ def worker_command(module: str, argv: list[str]) -> tuple[list[str], dict[str, s
     return [sys.executable, "-m", module, *argv], env
 
 
+def save_numbers(path: Path | None, numbers: dict) -> None:
+    """Writes the benchmark's numbers as JSON to `path` (`--json`), if one is given."""
+    if path:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(numbers, indent=2))
+
+
 def run_worker(module: str, argv: list[str]) -> dict:
     """Runs one measurement in a fresh Python process and returns its JSON report (the last
     line of its output)."""
@@ -375,9 +382,7 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(report))
         return 0
     numbers = benchmark(args)
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(numbers, indent=2))
+    save_numbers(args.json, numbers)
     return 0
 
 
