@@ -190,16 +190,20 @@ def _set_up(problem, config, sigmas, etas, init_scales) -> _Grid:
         _grid_axis("etas", etas, config.eta),
         _grid_axis("init_scales", init_scales, default_scale),
     )
+    # the cells' values on the host (NumPy's IEEE products are XLA's): nothing compiles here
     cell_sigma, cell_eta, cell_scale = (
-        jnp.asarray(a.reshape(-1), dtype) for a in np.meshgrid(*axes, indexing="ij")
+        np.asarray(a.reshape(-1), dtype) for a in np.meshgrid(*axes, indexing="ij")
     )
-    hyper = algorithms.Hyper(sigma=cell_sigma, eta=cell_eta)
+    hyper = algorithms.Hyper(sigma=jnp.asarray(cell_sigma), eta=jnp.asarray(cell_eta))
     one = algorithms.Hyper(cell_sigma[0], cell_eta[0])
     record = functools.partial(config.family().record, quantities=config.quantities)
     like = jax.eval_shape(lambda p: record(p, problem, one, next_params=p)[0], base)
     state = jax.eval_shape(config.init_state, base)
     state_elements = sum(math.prod(x.shape) for x in jax.tree.leaves(state))
-    params0 = jax.tree.map(lambda w: cell_scale.reshape((-1,) + (1,) * w.ndim) * w[None], base)
+    params0 = jax.tree.map(
+        lambda w: jnp.asarray(cell_scale.reshape((-1,) + (1,) * w.ndim) * np.asarray(w)[None]),
+        base,
+    )
     return _Grid(axes, hyper, params0, like, state_elements)
 
 
@@ -266,7 +270,10 @@ def grid_plan(
 
 def _empty_state(grid: _Grid, num_records: int) -> GridState:
     cells = math.prod(grid.shape)
-    template = {k: jnp.zeros((num_records, cells) + v.shape, v.dtype) for k, v in grid.like.items()}
+    template = {
+        k: jax.ShapeDtypeStruct((num_records, cells) + v.shape, v.dtype)
+        for k, v in grid.like.items()
+    }
     return GridState(moments.empty(template, (num_records, cells)), 0)
 
 

@@ -49,20 +49,24 @@ def fetch(tree):
 
 
 def assemble(total, kept, config, grid_shape, axes, num_seeds) -> GridResult:
-    """Reshapes `[R, C, ...]` moments to `[S, E, I, R, ...]` and reports divergence."""
+    """Reshapes `[R, C, ...]` moments to `[S, E, I, R, ...]` and reports divergence.
+
+    On the host (NumPy), then put on the device: nothing here compiles."""
+    total = fetch(total)
 
     def to_grid(x):
-        x = jnp.moveaxis(x, 1, 0)
+        x = np.moveaxis(x, 1, 0)
         return x.reshape(grid_shape + x.shape[1:])
 
     mean = {k: to_grid(v) for k, v in moments.mean_or_nan(total).items()}
     var = {k: to_grid(v) for k, v in moments.variance(total).items()}
     count_grid = to_grid(total.count)
     count = {
-        k: jnp.broadcast_to(count_grid.reshape(count_grid.shape + (1,) * (v.ndim - 4)), v.shape)
+        k: np.broadcast_to(count_grid.reshape(count_grid.shape + (1,) * (v.ndim - 4)), v.shape)
         for k, v in mean.items()
     }
-    diverged = np.asarray(num_seeds - count_grid[..., -1]).astype(int)
+    mean, var, count = ({k: jnp.asarray(v) for k, v in d.items()} for d in (mean, var, count))
+    diverged = (num_seeds - count_grid[..., -1]).astype(int)
     if diverged.any():
         cells = [tuple(int(i) for i in idx) for idx in zip(*np.nonzero(diverged), strict=True)]
         warnings.warn(

@@ -12,6 +12,7 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 
 class Moments(NamedTuple):
@@ -32,14 +33,20 @@ def _expand(count: jax.Array, like: jax.Array) -> jax.Array:
     return count.reshape(count.shape + (1,) * (like.ndim - count.ndim))
 
 
-def empty(like: dict[str, jax.Array], batch_shape: tuple[int, ...]) -> Moments:
-    """Moments of no sample, for values shaped like `like[name]: [*batch, *shape]`."""
+def empty(like: dict, batch_shape: tuple[int, ...]) -> Moments:
+    """Moments of no sample, for values shaped like `like[name]: [*batch, *shape]` (arrays or
+    `jax.ShapeDtypeStruct`s). Zeros made on the host and put on the device: nothing compiles
+    (`jnp.zeros` would compile a program per shape outside `jit`)."""
 
-    def zeros():  # distinct buffers, so that the moments can be donated to a jitted call
-        return {k: jnp.zeros(v.shape, v.dtype) for k, v in like.items()}
+    def zeros(shape, dtype):
+        return jnp.asarray(np.zeros(shape, dtype))
 
     dtype = next(iter(like.values())).dtype
-    return Moments(count=jnp.zeros(batch_shape, dtype), mean=zeros(), m2=zeros())
+    return Moments(
+        count=zeros(batch_shape, dtype),
+        mean={k: zeros(v.shape, v.dtype) for k, v in like.items()},
+        m2={k: zeros(v.shape, v.dtype) for k, v in like.items()},
+    )
 
 
 BLOCK = 16  # samples per block of the fold; batches are padded to a multiple of it
@@ -101,17 +108,27 @@ def fold(moments: Moments, values: dict[str, jax.Array], keep: jax.Array) -> Mom
     return jax.lax.scan(body, moments, blocks)[0]
 
 
-def variance(moments: Moments) -> dict[str, jax.Array]:
+# The two finishing steps below read the moments of a finished run on the host, with NumPy:
+# eager `jnp` would compile a small program per operation and shape (IEEE arithmetic, so the
+# numbers are the same).
+
+
+def variance(moments: Moments) -> dict[str, np.ndarray]:
     """Unbiased sample variance `m2 / (count - 1)`; NaN where fewer than two samples."""
+    count = np.asarray(moments.count)
     out = {}
     for k, m2 in moments.m2.items():
-        count = _expand(moments.count, m2)
-        out[k] = jnp.where(count > 1, m2 / jnp.where(count > 1, count - 1, 1), jnp.nan)
+        m2 = np.asarray(m2)
+        c = _expand(count, m2)
+        out[k] = np.where(c > 1, m2 / np.where(c > 1, c - 1, 1), np.nan).astype(m2.dtype)
     return out
 
 
-def mean_or_nan(moments: Moments) -> dict[str, jax.Array]:
+def mean_or_nan(moments: Moments) -> dict[str, np.ndarray]:
     """The sample mean; NaN (undefined, not zero) where no sample was kept."""
-    return {
-        k: jnp.where(_expand(moments.count, v) > 0, v, jnp.nan) for k, v in moments.mean.items()
-    }
+    count = np.asarray(moments.count)
+    out = {}
+    for k, mean in moments.mean.items():
+        mean = np.asarray(mean)
+        out[k] = np.where(_expand(count, mean) > 0, mean, np.nan).astype(mean.dtype)
+    return out

@@ -1,5 +1,6 @@
 """Linear-regression problems: design, teacher, labels and their sufficient statistics."""
 
+import functools
 import warnings
 from typing import NamedTuple
 
@@ -11,6 +12,10 @@ from jax.typing import ArrayLike
 from noisydln import _checks
 
 DESIGNS = ("gaussian", "orthogonal", "diagonal")
+
+# The numbers of a problem are computed by the small jitted functions below, one compiled
+# program each per shape: outside `jit`, every `jnp` operation would compile a program of its
+# own (about 40 of them, 2 s, on a problem's first call). Checks on values run on the host.
 
 
 class Problem(NamedTuple):
@@ -111,19 +116,12 @@ def problem_from_data(
     _checks.check_finite("X", X)
     _checks.check_finite("y", y)
     if beta_star is None:
-        beta_star = jnp.full((d,), jnp.nan, dtype=dtype)
+        beta_star = jnp.asarray(np.full((d,), np.nan, dtype))
     else:
         beta_star = _checks.real_array("beta_star", beta_star, dtype)
         _checks.check_finite("beta_star", beta_star)
-    gram = X.T @ X / n
-    problem = Problem(
-        X=X,
-        y=y,
-        beta_star=beta_star,
-        gram=(gram + gram.T) / 2,  # exactly symmetric, so that beta @ gram == gram @ beta
-        xty=X.T @ y / n,
-        yty=y @ y / n,
-    )
+    gram, xty, yty = _statistics(X, y)
+    problem = Problem(X=X, y=y, beta_star=beta_star, gram=gram, xty=xty, yty=yty)
     if not _is_finite(problem.gram, problem.xty, problem.yty):
         raise _Overflow(
             f"X and y are too large for {np.dtype(dtype)}: X^T X / n, X^T y / n or y^T y / n "
@@ -136,10 +134,20 @@ def problem_from_data(
     return problem._replace(**_held_out_statistics(X_test, y_test, d, dtype))
 
 
+@jax.jit
+def _statistics(X: jax.Array, y: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """`(X^T X / n, X^T y / n, y^T y / n)` of `X [n, d]`, `y [n]`; the first made exactly
+    symmetric, so that `beta @ gram == gram @ beta`."""
+    n = X.shape[0]
+    gram = X.T @ X / n
+    return (gram + gram.T) / 2, X.T @ y / n, y @ y / n
+
+
 def no_test_data(dtype) -> dict:
     """The held-out fields of a problem without held-out data: empty arrays of `dtype`."""
-    empty = jnp.zeros((0,), dtype)
-    return {"test_gram": jnp.zeros((0, 0), dtype), "test_xty": empty, "test_yty": empty}
+    empty = jnp.asarray(np.zeros((0,), dtype))
+    return {"test_gram": jnp.asarray(np.zeros((0, 0), dtype)), "test_xty": empty,
+            "test_yty": empty}  # fmt: skip
 
 
 def _held_out_statistics(X_test, y_test, d: int, dtype) -> dict:
@@ -154,13 +162,8 @@ def _held_out_statistics(X_test, y_test, d: int, dtype) -> dict:
     y_test = _checks.real_array("y_test", y_test, dtype)
     _checks.check_finite("X_test", X_test)
     _checks.check_finite("y_test", y_test)
-    n_test = shape[0]
-    gram = X_test.T @ X_test / n_test
-    statistics = {
-        "test_gram": (gram + gram.T) / 2,
-        "test_xty": X_test.T @ y_test / n_test,
-        "test_yty": y_test @ y_test / n_test,
-    }
+    names = ("test_gram", "test_xty", "test_yty")
+    statistics = dict(zip(names, _statistics(X_test, y_test), strict=True))
     if not _is_finite(*statistics.values()):
         raise _Overflow(
             f"X_test and y_test are too large for {np.dtype(dtype)}: their statistics overflow; "
@@ -176,7 +179,7 @@ class _Overflow(ValueError):
 def _is_finite(*arrays) -> bool:
     """Whether every entry is finite (True for traced arrays, whose numbers are unknown)."""
     return any(_checks.is_traced(a) for a in arrays) or all(
-        bool(jnp.all(jnp.isfinite(a))) for a in arrays
+        bool(np.all(np.isfinite(np.asarray(a)))) for a in arrays
     )
 
 
@@ -239,16 +242,23 @@ def sparse_teacher(
         if values != "gaussian":
             raise ValueError(f'values must be a number, an array [k] or "gaussian", got {values!r}')
         _checks.check_key(key)
-        nonzero = jax.random.normal(key, (k,), dtype)
-    else:
-        values = _checks.real_array("values", values, dtype)
-        if values.ndim not in (0, 1) or (values.ndim == 1 and values.shape[0] != k):
-            raise ValueError(
-                f"values must be a scalar or have shape [k] = ({k},), got {values.shape}"
-            )
-        _checks.check_finite("values", values)
-        nonzero = jnp.broadcast_to(values, (k,))
-    return jnp.zeros((d,), dtype).at[:k].set(nonzero)
+        return _gaussian_teacher(key, d, k, dtype)
+    values = _checks.real_array("values", values, dtype)
+    if values.ndim not in (0, 1) or (values.ndim == 1 and values.shape[0] != k):
+        raise ValueError(f"values must be a scalar or have shape [k] = ({k},), got {values.shape}")
+    _checks.check_finite("values", values)
+    return _teacher(values, d, k)
+
+
+@functools.partial(jax.jit, static_argnums=(1, 2))
+def _teacher(values: jax.Array, d: int, k: int) -> jax.Array:
+    """`values` (scalar or `[k]`) on the first `k` of `d` coordinates, zeros elsewhere: `[d]`."""
+    return jnp.zeros((d,), values.dtype).at[:k].set(jnp.broadcast_to(values, (k,)))
+
+
+@functools.partial(jax.jit, static_argnums=(1, 2, 3))
+def _gaussian_teacher(key: jax.Array, d: int, k: int, dtype) -> jax.Array:
+    return _teacher(jax.random.normal(key, (k,), dtype), d, k)
 
 
 def _check_sizes(n, d) -> tuple[int, int]:
@@ -259,10 +269,28 @@ def _check_sizes(n, d) -> tuple[int, int]:
     return int(n), int(d)
 
 
-def _orthonormal_columns(key: jax.Array, n: int, d: int, dtype) -> jax.Array:
-    """A random `[n, d]` matrix with orthonormal columns (Haar, via QR with sign fix)."""
+@functools.partial(jax.jit, static_argnums=(1, 2, 3))
+def _scaled_orthonormal_columns(key: jax.Array, n: int, d: int, dtype) -> jax.Array:
+    """`sqrt(n)` times a random `[n, d]` matrix with orthonormal columns (Haar, via QR with
+    sign fix): `X^T X / n = I`."""
     q, r = jnp.linalg.qr(jax.random.normal(key, (n, d), dtype))
-    return q * jnp.sign(jnp.diagonal(r))[None, :]
+    return jnp.sqrt(jnp.asarray(n, dtype)) * (q * jnp.sign(jnp.diagonal(r))[None, :])
+
+
+@jax.jit
+def _scale_columns(X: jax.Array, diag: jax.Array) -> jax.Array:
+    """`X [n, d]` with column j times `sqrt(diag_j)` (`diag` scalar or `[d]`)."""
+    return X * jnp.sqrt(jnp.broadcast_to(diag, X.shape[1:]))[None, :]
+
+
+@functools.partial(jax.jit, static_argnums=(2, 3))
+def _normal(key: jax.Array, scale: jax.Array, shape: tuple[int, ...], dtype) -> jax.Array:
+    return scale * jax.random.normal(key, shape, dtype)
+
+
+@jax.jit
+def _labels(X: jax.Array, beta_star: jax.Array, noise: jax.Array) -> jax.Array:
+    return X @ beta_star + noise
 
 
 def make_design(
@@ -299,7 +327,7 @@ def make_design(
         return jax.random.normal(key, (n, d), dtype)
     if n < d:
         raise ValueError(f"a {design} design needs n >= d, got n = {n} < d = {d}")
-    X = jnp.sqrt(jnp.asarray(n, dtype)) * _orthonormal_columns(key, n, d, dtype)
+    X = _scaled_orthonormal_columns(key, n, d, dtype)
     if design == "orthogonal":
         return X
     if diag is None:
@@ -308,7 +336,7 @@ def make_design(
     if diag.ndim not in (0, 1) or (diag.ndim == 1 and diag.shape[0] != d):
         raise ValueError(f"diag must be a scalar or have shape [d] = ({d},), got {diag.shape}")
     _checks.check_nonnegative("diag", diag)
-    return X * jnp.sqrt(jnp.broadcast_to(diag, (d,)))[None, :]
+    return _scale_columns(X, diag)
 
 
 def make_problem(
@@ -367,7 +395,7 @@ def make_problem(
     _checks.check_nonnegative("noise_std", noise_std)
     _checks.check_scalar("noise_std", noise_std)
     if not _checks.is_traced(noise_std):  # (a Python int beyond int64 cannot meet an array)
-        noise_std = jnp.asarray(float(noise_std), dtype)
+        noise_std = jnp.asarray(np.asarray(float(noise_std), dtype))
     key_design, key_teacher, key_noise = jax.random.split(key, 3)
     X = make_design(key_design, n, d, design, diag, dtype)
     if beta_star is not None:
@@ -378,7 +406,7 @@ def make_problem(
         _checks.check_finite("beta_star", beta_star)
     else:
         beta_star = sparse_teacher(key_teacher, d, min(d, 5) if k is None else k, values, dtype)
-    y = X @ beta_star + noise_std * jax.random.normal(key_noise, (n,), dtype)
+    y = _labels(X, beta_star, _normal(key_noise, noise_std, (n,), dtype))
     too_large = (
         f"diag, values, beta_star or noise_std are too large for {dtype}: the design X or the "
         "labels X beta_star + noise_std eps"
@@ -389,9 +417,7 @@ def make_problem(
     if n_test:
         key_test_design, key_test_noise = jax.random.split(jax.random.fold_in(key, 1))
         X_test = make_design(key_test_design, n_test, d, design, diag, dtype)
-        y_test = X_test @ beta_star + noise_std * jax.random.normal(
-            key_test_noise, (n_test,), dtype
-        )
+        y_test = _labels(X_test, beta_star, _normal(key_test_noise, noise_std, (n_test,), dtype))
         if not _is_finite(X_test, y_test):
             raise ValueError(f"{too_large} overflow (held-out data)")
         held_out = {"X_test": X_test, "y_test": y_test}
