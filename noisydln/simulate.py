@@ -387,7 +387,15 @@ def scan_records(
         observation, memory = observe_fn(state, extra, stop, memory)
         return (state, memory), observation
 
-    first, memory = observe_fn(state, take(0), jnp.asarray(steps[0], jnp.int32), None)
+    step0 = jnp.asarray(steps[0], jnp.int32)
+    carried = jax.eval_shape(lambda s, e: observe_fn(s, e, step0, None)[1], state, take(0))
+    if not jax.tree.leaves(carried):
+        # nothing carried from record to record: every record, the first included (after an
+        # empty stretch), is taken by the one loop body, which XLA then compiles once
+        starts = np.concatenate([steps[:1], steps[:-1]])
+        stretches = (jnp.asarray(starts, jnp.int32), jnp.asarray(steps, jnp.int32))
+        return jax.lax.scan(body, (state, carried), (stretches, per_record))[1]
+    first, memory = observe_fn(state, take(0), step0, None)
     rest_inputs = jax.tree.map(lambda x: x[1:], per_record)
     _, rest = jax.lax.scan(body, (state, memory), (segments(steps), rest_inputs))
     return jax.tree.map(lambda a, b: jnp.concatenate([a[None], b]), first, rest)
