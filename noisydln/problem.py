@@ -288,6 +288,14 @@ def _normal(key: jax.Array, scale: jax.Array, shape: tuple[int, ...], dtype) -> 
     return scale * jax.random.normal(key, shape, dtype)
 
 
+def _label_noise(key: jax.Array, noise_std: jax.Array, n: int, dtype) -> jax.Array:
+    """`noise_std * eps`, `eps ~ N(0, I_n)`; zeros, drawn without compiling a sampler, when
+    `noise_std` is a known 0."""
+    if not _checks.is_traced(noise_std) and float(noise_std) == 0.0:
+        return jnp.asarray(np.zeros((n,), dtype))
+    return _normal(key, noise_std, (n,), dtype)
+
+
 @jax.jit
 def _labels(X: jax.Array, beta_star: jax.Array, noise: jax.Array) -> jax.Array:
     return X @ beta_star + noise
@@ -406,7 +414,7 @@ def make_problem(
         _checks.check_finite("beta_star", beta_star)
     else:
         beta_star = sparse_teacher(key_teacher, d, min(d, 5) if k is None else k, values, dtype)
-    y = _labels(X, beta_star, _normal(key_noise, noise_std, (n,), dtype))
+    y = _labels(X, beta_star, _label_noise(key_noise, noise_std, n, dtype))
     too_large = (
         f"diag, values, beta_star or noise_std are too large for {dtype}: the design X or the "
         "labels X beta_star + noise_std eps"
@@ -417,7 +425,7 @@ def make_problem(
     if n_test:
         key_test_design, key_test_noise = jax.random.split(jax.random.fold_in(key, 1))
         X_test = make_design(key_test_design, n_test, d, design, diag, dtype)
-        y_test = _labels(X_test, beta_star, _normal(key_test_noise, noise_std, (n_test,), dtype))
+        y_test = _labels(X_test, beta_star, _label_noise(key_test_noise, noise_std, n_test, dtype))
         if not _is_finite(X_test, y_test):
             raise ValueError(f"{too_large} overflow (held-out data)")
         held_out = {"X_test": X_test, "y_test": y_test}
