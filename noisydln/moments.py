@@ -8,6 +8,7 @@ result is the same bit for bit. (Merging in whatever order the batches happen to
 not be: XLA fuses `x * y + z` into one FMA or not depending on the surrounding code.)
 """
 
+import math
 from typing import NamedTuple
 
 import jax
@@ -94,18 +95,64 @@ def fold(moments: Moments, values: dict[str, jax.Array], keep: jax.Array) -> Mom
 
     `N` must be a multiple of `BLOCK`, and the samples must start at a block boundary of the
     global sample index, for the result not to depend on how the samples were batched.
+
+    The quantities are folded side by side as one `[..., *batch, K]` array per dtype (`K` their
+    numbers of elements, summed): the same arithmetic, element by element, as folding each on
+    its own, in one compiled block merge instead of one per quantity (it is most of the compile
+    time of a grid's chunk).
     """
     num = keep.shape[0]
     if num % BLOCK:
         raise ValueError(
             f"the number of samples folded at once must be a multiple of {BLOCK}, got {num}"
         )
-    blocks = jax.tree.map(lambda x: x.reshape((num // BLOCK, BLOCK) + x.shape[1:]), (values, keep))
+    batch_ndim = keep.ndim - 1
+    groups = _by_dtype(values)
+    flat_values = {g: _join(values, names, 1 + batch_ndim) for g, names in groups.items()}
+    flat = Moments(
+        count=moments.count,
+        mean={g: _join(moments.mean, names, batch_ndim) for g, names in groups.items()},
+        m2={g: _join(moments.m2, names, batch_ndim) for g, names in groups.items()},
+    )
+    blocks = jax.tree.map(
+        lambda x: x.reshape((num // BLOCK, BLOCK) + x.shape[1:]), (flat_values, keep)
+    )
 
     def body(running, block):
         return merge(running, reduce_leading_axis(single(*block))), None
 
-    return jax.lax.scan(body, moments, blocks)[0]
+    folded = jax.lax.scan(body, flat, blocks)[0]
+    return Moments(
+        count=folded.count,
+        mean=_split(folded.mean, groups, moments.mean),
+        m2=_split(folded.m2, groups, moments.m2),
+    )
+
+
+def _by_dtype(values: dict[str, jax.Array]) -> dict[str, list[str]]:
+    """The names of `values`, grouped by dtype (`str(dtype) -> names`, in their order)."""
+    groups: dict[str, list[str]] = {}
+    for name, value in values.items():
+        groups.setdefault(str(value.dtype), []).append(name)
+    return groups
+
+
+def _join(tree: dict[str, jax.Array], names: list[str], lead: int) -> jax.Array:
+    """`tree[name]: [*lead_dims, *shape]` for `names`, flattened and joined: `[*lead_dims, K]`."""
+    return jnp.concatenate([tree[n].reshape(tree[n].shape[:lead] + (-1,)) for n in names], axis=-1)
+
+
+def _split(flat: dict[str, jax.Array], groups: dict[str, list[str]], like: dict) -> dict:
+    """The inverse of `_join`: `name -> [*batch, *shape]` shaped like `like[name]`."""
+    out = {}
+    for group, names in groups.items():
+        start = 0
+        for name in names:
+            size = math.prod(like[name].shape[flat[group].ndim - 1 :])
+            part = flat[group][..., start : start + size]
+            out[name] = part.reshape(like[name].shape)
+            start += size
+    return {name: out[name] for name in like}
 
 
 # The two finishing steps below read the moments of a finished run on the host, with NumPy:

@@ -41,8 +41,10 @@ def assert_identical(a, b):
         np.testing.assert_array_equal(a.count[name], b.count[name], err_msg=name)
 
 
-# the default run checks chunk sizes in float32 on long contractions (below) and float64 across
-# devices (`test_two_devices_do_not_change_a_bit`); these short-contraction cases run with -m slow
+# the default run checks chunk sizes in float32 on long contractions (below); the
+# short-contraction cases and the device counts run with -m slow (the seeds are sharded by the
+# same code for both families, and the default run compares devices bit for bit on the
+# diagonal network: tests/test_checkpoint_vs_uninterrupted_run.py, test_distributed_vs_one_process.py)
 @pytest.mark.slow
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
 def test_chunk_size_does_not_change_a_bit(key, dtype):
@@ -84,6 +86,7 @@ def digest_with_devices(count: int, chunk: str, dtype: str) -> tuple[int, str]:
     return int(devices), digest
 
 
+@pytest.mark.slow
 def test_two_devices_do_not_change_a_bit():
     """Two XLA host devices in a subprocess against this process's one device (float64)."""
     spec = importlib.util.spec_from_file_location("dense_grid_digest", SCRIPT)

@@ -22,7 +22,11 @@ LOWER, UPPER = 1.0, 3.0
         (200, 100, 2, "stochastic_sam", 8, 256, False, 1, ()),  # W1's shape, fewer seeds
         (40, 8, 3, "sam", 2, 256, True, 1, ()),
         (50, 20, 2, "minibatch_sgd", 4, 512, False, 1, ()),
-        (50, 20, 2, "stochastic_sam", 4, 512, False, 1, ("top_eigenvalue",)),  # Lanczos vectors
+        # the Lanczos vectors (LANCZOS_STATE_COPIES is checked by default below)
+        pytest.param(
+            *(50, 20, 2, "stochastic_sam", 4, 512, False, 1, ("top_eigenvalue",)),
+            marks=pytest.mark.slow,
+        ),
     ],
 )
 def test_estimate_vs_xla_memory_analysis(
