@@ -19,7 +19,9 @@ os.environ.setdefault(
     "JAX_COMPILATION_CACHE_DIR",
     str(Path(tempfile.gettempdir()) / f"noisydln-test-jax-cache-{_UID}"),
 )
-os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.2")
+# every program, however quick to compile: the modules' small eager programs are loaded again,
+# not compiled again, after `jax.clear_caches()` and in the subprocesses
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 # one CPU device per test process: pytest-xdist already runs a worker per core (tests of
 # several devices start processes with XLA_FLAGS, tests/test_runtime_devices.py the default)
 os.environ.setdefault("NOISYDLN_CPU_DEVICES", "1")
