@@ -82,11 +82,19 @@ def merge(a: Moments, b: Moments) -> Moments:
 
 
 def reduce_leading_axis(moments: Moments) -> Moments:
-    """Merges axis 0 (a power-of-two size) pairwise, level by level: `[2^k, ...] -> [...]`."""
-    while moments.count.shape[0] > 1:
-        moments = merge(
-            jax.tree.map(lambda x: x[0::2], moments), jax.tree.map(lambda x: x[1::2], moments)
-        )
+    """Merges axis 0 (a power-of-two size `2^k`) pairwise, level by level: `[2^k, ...] -> [...]`.
+
+    Level `l` merges entry `i` with entry `i + 2^l` for every `i` a multiple of `2^(l + 1)`:
+    `((0 + 1) + (2 + 3)) + ...`. One loop body does every level on the whole axis (the other
+    entries merge neighbours too, and are not used), so XLA compiles one merge, not `k`.
+    """
+    levels = moments.count.shape[0].bit_length() - 1
+
+    def level(index, moments):
+        shift = jnp.left_shift(1, index)
+        return merge(moments, jax.tree.map(lambda x: jnp.roll(x, -shift, axis=0), moments))
+
+    moments = jax.lax.fori_loop(0, levels, level, moments)
     return jax.tree.map(lambda x: x[0], moments)
 
 
