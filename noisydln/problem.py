@@ -146,8 +146,8 @@ def _statistics(X: jax.Array, y: jax.Array) -> tuple[jax.Array, jax.Array, jax.A
 def no_test_data(dtype) -> dict:
     """The held-out fields of a problem without held-out data: empty arrays of `dtype`."""
     empty = jnp.asarray(np.zeros((0,), dtype))
-    return {"test_gram": jnp.asarray(np.zeros((0, 0), dtype)), "test_xty": empty,
-            "test_yty": empty}  # fmt: skip
+    empty_matrix = jnp.asarray(np.zeros((0, 0), dtype))
+    return {"test_gram": empty_matrix, "test_xty": empty, "test_yty": empty}
 
 
 def _held_out_statistics(X_test, y_test, d: int, dtype) -> dict:
