@@ -26,7 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.typing import ArrayLike
 
-from noisydln import _checks
+from noisydln import _checks, _draws
 from noisydln.linalg import matmul, matvec, trace, vecmat
 from noisydln.model import pairwise_sum
 from noisydln.problem import Problem
@@ -127,7 +127,8 @@ def init_params(
     dtype = dtype or jnp.result_type(float)
     keys = jax.random.split(key, len(shapes))
     return tuple(
-        scale * jax.random.normal(k, shape, dtype) for k, shape in zip(keys, shapes, strict=True)
+        scale * _draws.standard_normal(k, shape, dtype)
+        for k, shape in zip(keys, shapes, strict=True)
     )
 
 

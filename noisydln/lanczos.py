@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 from jax.flatten_util import ravel_pytree
 
-from noisydln import _checks
+from noisydln import _checks, _draws
 
 # The start vector: entries of the fixed key below (normalised). A Gaussian vector has, with
 # probability one, a component along every eigenvector; a structured start such as
@@ -98,7 +98,7 @@ def default_start(size: int, dtype) -> jax.Array:
     would depend on how the states are batched).
     """
     with jax.ensure_compile_time_eval():
-        v = jax.random.normal(jax.random.key(START_KEY), (size,), dtype)
+        v = _draws.standard_normal(jax.random.key(START_KEY), (size,), dtype)
         return v / jnp.sqrt(fixed_order_sum(v * v))
 
 

@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.typing import ArrayLike
 
-from noisydln import _checks
+from noisydln import _checks, _draws
 
 DESIGNS = ("gaussian", "orthogonal", "diagonal")
 
@@ -256,9 +256,8 @@ def _teacher(values: jax.Array, d: int, k: int) -> jax.Array:
     return jnp.zeros((d,), values.dtype).at[:k].set(jnp.broadcast_to(values, (k,)))
 
 
-@functools.partial(jax.jit, static_argnums=(1, 2, 3))
 def _gaussian_teacher(key: jax.Array, d: int, k: int, dtype) -> jax.Array:
-    return _teacher(jax.random.normal(key, (k,), dtype), d, k)
+    return _teacher(_draws.standard_normal(key, (k,), dtype), d, k)
 
 
 def _check_sizes(n, d) -> tuple[int, int]:
@@ -269,12 +268,18 @@ def _check_sizes(n, d) -> tuple[int, int]:
     return int(n), int(d)
 
 
-@functools.partial(jax.jit, static_argnums=(1, 2, 3))
 def _scaled_orthonormal_columns(key: jax.Array, n: int, d: int, dtype) -> jax.Array:
     """`sqrt(n)` times a random `[n, d]` matrix with orthonormal columns (Haar, via QR with
     sign fix): `X^T X / n = I`."""
-    q, r = jnp.linalg.qr(jax.random.normal(key, (n, d), dtype))
-    return jnp.sqrt(jnp.asarray(n, dtype)) * (q * jnp.sign(jnp.diagonal(r))[None, :])
+    return _orthonormal_columns(_draws.standard_normal(key, (n, d), dtype))
+
+
+@jax.jit
+def _orthonormal_columns(gaussian: jax.Array) -> jax.Array:
+    """`sqrt(n) Q` of `gaussian [n, d] = Q R`, the signs fixed by `R`'s diagonal."""
+    q, r = jnp.linalg.qr(gaussian)
+    root_n = jnp.sqrt(jnp.asarray(gaussian.shape[0], gaussian.dtype))
+    return root_n * (q * jnp.sign(jnp.diagonal(r))[None, :])
 
 
 @jax.jit
@@ -283,9 +288,9 @@ def _scale_columns(X: jax.Array, diag: jax.Array) -> jax.Array:
     return X * jnp.sqrt(jnp.broadcast_to(diag, X.shape[1:]))[None, :]
 
 
-@functools.partial(jax.jit, static_argnums=(2, 3))
-def _normal(key: jax.Array, scale: jax.Array, shape: tuple[int, ...], dtype) -> jax.Array:
-    return scale * jax.random.normal(key, shape, dtype)
+@jax.jit
+def _scaled(scale: jax.Array, draws: jax.Array) -> jax.Array:
+    return scale * draws
 
 
 def _label_noise(key: jax.Array, noise_std: jax.Array, n: int, dtype) -> jax.Array:
@@ -293,7 +298,7 @@ def _label_noise(key: jax.Array, noise_std: jax.Array, n: int, dtype) -> jax.Arr
     `noise_std` is a known 0."""
     if not _checks.is_traced(noise_std) and float(noise_std) == 0.0:
         return jnp.asarray(np.zeros((n,), dtype))
-    return _normal(key, noise_std, (n,), dtype)
+    return _scaled(noise_std, _draws.standard_normal(key, (n,), dtype))
 
 
 @jax.jit
@@ -332,7 +337,7 @@ def make_design(
     _checks.check_fits("n and d are", f"X [n, d] with n = {n} and d = {d} in {dtype}",
                        n * d * dtype.itemsize)  # fmt: skip
     if design == "gaussian":
-        return jax.random.normal(key, (n, d), dtype)
+        return _draws.standard_normal(key, (n, d), dtype)
     if n < d:
         raise ValueError(f"a {design} design needs n >= d, got n = {n} < d = {d}")
     X = _scaled_orthonormal_columns(key, n, d, dtype)
