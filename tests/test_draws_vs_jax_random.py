@@ -4,7 +4,6 @@ shape, dtype and kind of key, and one compiled sampler per size class instead of
 import jax
 import jax.numpy as jnp
 import numpy as np
-import pytest
 
 from noisydln import _draws
 
@@ -20,7 +19,10 @@ CASES = [
 def test_same_bits_as_jax_random_normal():
     key = jax.random.key(11)
     for shape, dtype in CASES:
-        ours, theirs = _draws.standard_normal(key, shape, dtype), jax.random.normal(key, shape, dtype)
+        ours, theirs = (
+            _draws.standard_normal(key, shape, dtype),
+            jax.random.normal(key, shape, dtype),
+        )
         assert ours.shape == theirs.shape and ours.dtype == theirs.dtype
         np.testing.assert_array_equal(ours, theirs)
 
