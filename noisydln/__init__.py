@@ -8,6 +8,7 @@ from noisydln import results as results
 from noisydln import runtime as runtime
 from noisydln import stats as stats
 from noisydln import theory as theory
+from noisydln import threefry as threefry
 from noisydln.experiment import Experiment as Experiment
 from noisydln.grid import GridResult as GridResult
 from noisydln.grid import run_grid as run_grid
@@ -34,3 +35,4 @@ from noisydln.stats import validate as validate
 __version__ = "0.1.0"
 
 runtime.use_every_core()  # one CPU device per core, unless chosen already (see noisydln.runtime)
+threefry.use_unrolled_on_cpu()  # the same bits, compiled and run faster (see noisydln.threefry)
