@@ -121,7 +121,8 @@ def to_float32(tree):
 # Closed forms against autodiff, any depth
 
 
-@pytest.mark.parametrize("depth", [2, 3, 4])
+# depth 4 (two middle layers of the moment recursion; 6 s of compiling) runs with -m slow
+@pytest.mark.parametrize("depth", [2, 3, pytest.param(4, marks=pytest.mark.slow)])
 def test_closed_forms_vs_autodiff(key, depth):
     problem, params = make_case(key, depth)
     ours, ref = closed_forms(params, problem, SIGMA), autodiff(params, problem, SIGMA)
