@@ -35,4 +35,4 @@ from noisydln.stats import validate as validate
 __version__ = "0.1.0"
 
 runtime.use_every_core()  # one CPU device per core, unless chosen already (see noisydln.runtime)
-threefry.use_unrolled_on_cpu()  # the same bits, compiled and run faster (see noisydln.threefry)
+threefry.use_unrolled_on_cpu()  # the same bits, compiled faster (see noisydln.threefry)
