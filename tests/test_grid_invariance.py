@@ -90,20 +90,21 @@ def test_sharded_run_uses_every_device():
 
 def test_sweeping_grid_values_never_recompiles(key):
     problem = noisydln.make_problem(key, 30, 6, k=2)
+    # the grid of test_memory_does_not_grow_with_seeds_unless_asked[False]: one program for both
     config = noisydln.SimConfig(num_steps=20, record_every=10, eta=0.05, init=0.5)
-    noisydln.run_grid(key, problem, config, num_seeds=16, sigmas=[0.1, 0.2], etas=[0.05])
+    noisydln.run_grid(key, problem, config, num_seeds=40, sigmas=[0.1, 0.2], etas=[0.05])
     compiled = grid._run_chunk._cache_size()
     for sigmas, etas, scales in (([0.3, 0.4], [0.01], None), ([0.0, 0.6], [0.08], [0.7])):
         noisydln.run_grid(
-            key, problem, config, num_seeds=16, sigmas=sigmas, etas=etas, init_scales=scales
+            key, problem, config, num_seeds=40, sigmas=sigmas, etas=etas, init_scales=scales
         )
     other_defaults = noisydln.SimConfig(
         num_steps=20, record_every=10, eta=0.02, sigma=0.5, init=0.9
     )
-    noisydln.run_grid(key, problem, other_defaults, num_seeds=16, sigmas=[0.5, 0.6])
+    noisydln.run_grid(key, problem, other_defaults, num_seeds=40, sigmas=[0.5, 0.6])
     assert grid._run_chunk._cache_size() == compiled
     noisydln.run_grid(
-        key, problem, config, num_seeds=16, sigmas=[0.1, 0.2, 0.3]
+        key, problem, config, num_seeds=40, sigmas=[0.1, 0.2, 0.3]
     )  # a new shape does
     assert grid._run_chunk._cache_size() == compiled + 1
 

@@ -86,8 +86,11 @@ def test_kept_trajectories_vs_reference_with_the_same_noise(key, problem, depth)
 
 
 def test_simulate_is_seed_s_of_run_grid(key, problem):
-    config = noisydln.SimConfig(num_steps=50, record_every=10, eta=0.05, sigma=0.2, init=0.5)
-    result = noisydln.run_grid(key, problem, config, num_seeds=4, keep_trajectories=True)
+    # the grid of test_moments_vs_numpy_on_kept_trajectories (one compiled program for both)
+    config = noisydln.SimConfig(num_steps=30, record_every=10, eta=0.05, sigma=0.3, init=0.5)
+    result = noisydln.run_grid(
+        key, problem, config, num_seeds=37, sigmas=[0.3, 0.1], keep_trajectories=True
+    )
     single = noisydln.simulate(jax.random.fold_in(key, 3), problem, config)
     np.testing.assert_array_equal(single.steps, result.steps)
     for name, value in single.records.items():
