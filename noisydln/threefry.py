@@ -20,8 +20,12 @@ the import keep their loop. `NOISYDLN_UNROLLED_THREEFRY=0` keeps JAX's lowering.
 import os
 
 import numpy as np
-from jax.extend.random import threefry2x32_p
 from jax.interpreters import mlir
+
+try:
+    from jax.extend.random import threefry2x32_p
+except ImportError:  # a JAX without it: its own lowering stays
+    threefry2x32_p = None
 
 VARIABLE = "NOISYDLN_UNROLLED_THREEFRY"
 _ROTATIONS = ((13, 15, 26, 6), (17, 29, 16, 24))  # of the even and odd groups of 4 rounds
@@ -54,8 +58,8 @@ def threefry2x32_rounds(key1, key2, x1, x2):
 
 def use_unrolled_on_cpu() -> bool:
     """Registers `threefry2x32_rounds` as the CPU lowering of JAX's threefry primitive, unless
-    `NOISYDLN_UNROLLED_THREEFRY=0`; returns whether it did."""
-    if os.environ.get(VARIABLE, "1").strip() == "0":
+    `NOISYDLN_UNROLLED_THREEFRY=0` (or JAX has no public handle on it); returns whether it did."""
+    if os.environ.get(VARIABLE, "1").strip() == "0" or threefry2x32_p is None:
         return False
     rule = mlir.lower_fun(threefry2x32_rounds, multiple_results=True)
     mlir.register_lowering(threefry2x32_p, rule, platform="cpu")
