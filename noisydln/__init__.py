@@ -4,7 +4,6 @@ from noisydln import algorithms as algorithms
 from noisydln import networks as networks
 from noisydln import noise as noise
 from noisydln import quantities as quantities
-from noisydln import results as results
 from noisydln import runtime as runtime
 from noisydln import stats as stats
 from noisydln import theory as theory
@@ -26,13 +25,24 @@ from noisydln.problem import problem_from_data as problem_from_data
 from noisydln.problem import sparse_teacher as sparse_teacher
 from noisydln.quantities import EXTRA_QUANTITIES as EXTRA_QUANTITIES
 from noisydln.quantities import QUANTITIES as QUANTITIES
-from noisydln.results import run_experiment as run_experiment
 from noisydln.simulate import SimConfig as SimConfig
 from noisydln.simulate import Trajectory as Trajectory
 from noisydln.simulate import simulate as simulate
 from noisydln.stats import validate as validate
 
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str):
+    """`noisydln.results` and `noisydln.run_experiment` are imported on first use: they bring
+    xarray and pandas, which a run of `run_grid` or a one-line CLI error does not need."""
+    if name in ("results", "run_experiment"):
+        import importlib  # noqa: PLC0415
+
+        results = importlib.import_module("noisydln.results")
+        return results if name == "results" else results.run_experiment
+    raise AttributeError(f"module 'noisydln' has no attribute {name!r}")
+
 
 runtime.use_every_core()  # one CPU device per core, unless chosen already (see noisydln.runtime)
 threefry.use_unrolled_on_cpu()  # the same bits, compiled faster (see noisydln.threefry)
