@@ -1,5 +1,6 @@
-"""`import noisydln` asks for one CPU device per core unless the user chose; `initialize` checks
-its arguments. Each case runs in a fresh process (the device count is fixed when JAX starts)."""
+"""`import noisydln` asks for one CPU device per core unless the user chose (and leaves xarray for
+later); `initialize` checks its arguments. Each case runs in a fresh process (the device count
+is fixed when JAX starts)."""
 
 import os
 import subprocess
@@ -67,3 +68,16 @@ def test_initialize_without_a_cluster_does_nothing(monkeypatch):
     assert runtime.initialize() is False
     monkeypatch.setenv("SLURM_NTASKS", "4")
     assert runtime.cluster_size() == 4
+
+
+def test_import_loads_xarray_only_when_results_are_used():
+    """`import noisydln` (and a one-line CLI error) starts without xarray and pandas;
+    `noisydln.results` and `noisydln.run_experiment` bring them on first use."""
+    code = (
+        "import sys, noisydln\n"
+        "before = 'xarray' in sys.modules\n"
+        "run = noisydln.run_experiment\n"
+        "print(before, 'xarray' in sys.modules, run is noisydln.results.run_experiment)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["False", "True", "True"]
