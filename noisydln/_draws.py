@@ -14,7 +14,10 @@ import functools
 import math
 
 import jax
+import jax.numpy as jnp
 import numpy as np
+
+from noisydln import _checks
 
 _SMALLEST = 16
 _LARGE = 2**20
@@ -36,7 +39,7 @@ def _flat_normal(key: jax.Array, size: int, dtype) -> jax.Array:
 def _prefix_stable(key) -> bool:
     """Whether a draw's first entries do not depend on its length: a concrete threefry key
     under `jax_threefry_partitionable`."""
-    if isinstance(key, jax.core.Tracer) or not jax.config.jax_threefry_partitionable:
+    if _checks.is_traced(key) or not jax.config.jax_threefry_partitionable:
         return False
     if jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key):
         impl = jax.random.key_impl(key)
@@ -59,4 +62,4 @@ def standard_normal(key: jax.Array, shape: tuple[int, ...], dtype) -> jax.Array:
     if not _prefix_stable(key) or size == 0:
         return jax.random.normal(key, shape, dtype)
     flat = np.asarray(_flat_normal(key, padded_size(size), np.dtype(dtype)))
-    return jax.numpy.asarray(flat[:size].reshape(shape))
+    return jnp.asarray(flat[:size].reshape(shape))
