@@ -17,6 +17,7 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax.flatten_util import ravel_pytree
 
 from noisydln import _checks, _draws
@@ -93,13 +94,37 @@ def _flat(like) -> tuple[int, Callable, jnp.dtype]:
 def default_start(size: int, dtype) -> jax.Array:
     """The fixed start vector: `N(0, 1)` entries from `jax.random.key(START_KEY)`, unit norm, `[P]`.
 
-    Computed when traced, as a constant: left in the program, XLA would fold it in some
-    programs and compute it in others, which differ in the last bits (a trajectory's numbers
-    would depend on how the states are batched).
+    A constant of the program, computed once per `(size, dtype)` outside any trace (left in the
+    program, XLA would fold it in some programs and compute it in others, which differ in the
+    last bits: a trajectory's numbers would depend on how the states are batched).
     """
+    return jnp.asarray(_unit_start(int(size), np.dtype(dtype)))
+
+
+@functools.cache
+def _unit_start(size: int, dtype: np.dtype) -> np.ndarray:
+    """`default_start` on the host, `[P]` (read-only): the draw of `_draws.standard_normal`,
+    divided by its norm with the additions of `fixed_order_sum` in the same order and each
+    operation rounded once in `dtype`, the division by the norm as XLA does it (a product with
+    the reciprocal, except for one entry, where no broadcast is left to rewrite): the bits of the
+    same steps in JAX."""
     with jax.ensure_compile_time_eval():
-        v = _draws.standard_normal(jax.random.key(START_KEY), (size,), dtype)
-        return v / jnp.sqrt(fixed_order_sum(v * v))
+        v = np.asarray(_draws.standard_normal(jax.random.key(START_KEY), (size,), dtype))
+    norm = np.sqrt(_host_fixed_order_sum(v * v))
+    unit = v / norm if size == 1 else v * (dtype.type(1) / norm)
+    unit.setflags(write=False)
+    return unit
+
+
+def _host_fixed_order_sum(x: np.ndarray) -> np.ndarray:
+    """`fixed_order_sum(x)` of a vector in NumPy, the same additions in the same order."""
+    rest = None
+    while x.shape[0] > 1:
+        half = x.shape[0] // 2
+        if x.shape[0] % 2:
+            rest = x[2 * half] if rest is None else rest + x[2 * half]
+        x = x[:half] + x[half : 2 * half]
+    return x[0] if rest is None else x[0] + rest
 
 
 def _check_iterations(num_iterations) -> None:

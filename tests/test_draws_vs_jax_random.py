@@ -69,3 +69,27 @@ def test_padded_sizes():
     assert [_draws.padded_size(s) for s in (1, 16, 17, 1000, 2**20)] == [16, 16, 32, 1024, 2**20]
     assert _draws.padded_size(2**20 + 1) == 2 * 2**20
     assert _draws.padded_size(5 * 2**20 - 7) == 5 * 2**20
+
+
+def test_lanczos_start_vs_the_same_steps_in_jax():
+    """`lanczos.default_start`, made on the host, against the draw normalised by JAX op by op
+    (`jax.random.normal`, `fixed_order_sum`, `sqrt`, division, as it was computed before): the
+    same bits, unit norm. A plain NumPy division instead of XLA's product with the reciprocal
+    differs in the last bit for most sizes, so the comparison can fail."""
+    from noisydln import lanczos
+
+    def in_jax(v):
+        return v / jnp.sqrt(lanczos.fixed_order_sum(v * v))
+
+    key = jax.random.key(lanczos.START_KEY)
+    plain_division_differs = 0
+    for size, dtype in [(1, jnp.float32), (37, jnp.float32), (40, jnp.float64)]:
+        ours = lanczos.default_start(size, dtype)
+        theirs = in_jax(jax.random.normal(key, (size,), dtype))
+        assert ours.dtype == theirs.dtype
+        np.testing.assert_array_equal(ours, theirs)
+        np.testing.assert_allclose(np.linalg.norm(np.asarray(ours, np.float64)), 1.0, rtol=1e-6)
+        v = np.asarray(jax.random.normal(key, (size,), dtype))
+        plain = v / np.sqrt(lanczos._host_fixed_order_sum(v * v))
+        plain_division_differs += not np.array_equal(plain, theirs)
+    assert plain_division_differs == 2  # all but the one entry
