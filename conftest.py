@@ -95,3 +95,11 @@ LONGEST_FIRST = (
 def pytest_collection_modifyitems(items):
     rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
     items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable within a module
+
+
+def pytest_collection_finish(session):
+    """Moves everything alive after collection (JAX, the package, the test modules: alive until
+    the end anyway) out of the garbage collector's sight, so that each full collection, the
+    modules' own and Python's, scans only what the tests make (0.1 s less each)."""
+    gc.collect()
+    gc.freeze()
