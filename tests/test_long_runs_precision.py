@@ -12,7 +12,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from scipy import stats
 
 import noisydln
 from noisydln import moments
@@ -271,6 +270,8 @@ def z_scores(out, sufficient):
 def z_bound(z, num_seeds):
     """Bonferroni over every comparison, Student t with num_seeds - 1 degrees of freedom (the
     Welch-Satterthwaite degrees of freedom are at least that): fixed by the run's size."""
+    from scipy import stats  # here: importing it costs each test process about 1 s
+
     comparisons = sum(v.size for v in z.values())
     return float(stats.t.isf(ALPHA / (2 * comparisons), num_seeds - 1))
 
