@@ -202,7 +202,7 @@ def test_no_recompilation_for_new_numbers(caplog, dtype):
         signs = jnp.sign(jax.random.normal(key_signs, (d,), dtype))
         z = jax.random.normal(key_z, (d,), dtype)
         init = jnp.full((3, d), 0.5, dtype)
-        return problem, signs, z, init, jnp.linspace(0.0, 0.3 + 0.1 * seed, 5, dtype=dtype)
+        return problem, signs, z, init, jnp.linspace(0.0, 0.3 + 0.1 * seed, 46, dtype=dtype)
 
     def every_closed_form(problem, signs, z, init, sigmas, sigma):
         return (
@@ -217,11 +217,11 @@ def test_no_recompilation_for_new_numbers(caplog, dtype):
 
     jitted = (theory._lasso_solve, theory._lasso_path, theory._limit, theory._stationary_roots)
     seed = 1
-    first = inputs(seed, 40, 10)
-    every_closed_form(*first, 0.3)  # compiles (or finds compiled) everything for d = 10
+    first = inputs(seed, 200, 100)  # the shapes of the tests above (46 sigmas on a path)
+    every_closed_form(*first, 0.3)  # compiles (or finds compiled) everything for d = 100
     sizes = [fn._cache_size() for fn in jitted]
     for seed, sigma in [(2, 0.2), (3, 0.45)]:
-        new = inputs(seed, 40, 10)  # new numbers, same shapes
+        new = inputs(seed, 200, 100)  # new numbers, same shapes
         assert compiles(caplog, every_closed_form, *new, sigma) == []
         assert [fn._cache_size() for fn in jitted] == sizes
     # the check can fail: a new d compiles the lasso solver again
