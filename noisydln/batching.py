@@ -59,6 +59,11 @@ def in_blocks(batch_fn: Callable, states: tuple, context, block: int):
     Every state is then computed in a batch of exactly `block` states: matrix products, whose
     rounding can depend on a column's place among the last, incomplete panel of a batch,
     give the same bits whatever `N` (with `block` a multiple of the kernels' panel width).
+
+    In a process whose only platform is the CPU the blocks are taken directly; elsewhere
+    `jax.lax.platform_dependent` picks them when the program is lowered for a CPU, at the cost
+    of tracing and lowering `batch_fn` twice (once per branch: about 2 s per recorded Lanczos
+    program).
     """
     n = states[0].shape[0]
     blocks = -(-n // block)
@@ -75,6 +80,8 @@ def in_blocks(batch_fn: Callable, states: tuple, context, block: int):
             out = jax.lax.map(lambda part: batch_fn(part, context), parts)
         return jax.tree.map(lambda x: x.reshape((blocks * block,) + x.shape[2:])[:n], out)
 
+    if jax.default_backend() == "cpu":  # no other platform to lower for
+        return blocked(states, context)
     return jax.lax.platform_dependent(states, context, cpu=blocked, default=batch_fn)
 
 

@@ -246,6 +246,29 @@ def check_diagonal_states(states, dtype):
     assert np.max(relative_errors(wrong, spectra[:, -1])) > 10 * rtol
 
 
+def test_blocks_traced_once_on_a_cpu_and_the_same_numbers_as_the_switch(monkeypatch):
+    """`batching.in_blocks` in a CPU-only process traces the kernel once (no platform switch);
+    with the switch (as in a process with an accelerator) it is traced twice, and lowered for
+    the CPU it gives the same numbers: 10 states in blocks of 4, the last one padded."""
+    from noisydln import batching
+
+    traces = []
+
+    def kernel(states, scale):  # a per-state function of the batch [N, 3]
+        traces.append(states[0].shape)
+        return (jnp.sin(states[0]) * scale,)
+
+    states = (jnp.arange(30.0).reshape(10, 3),)
+    run = jax.jit(lambda s, c: batching.in_blocks(kernel, s, c, 4))
+    direct = run(states, 2.0)[0]
+    assert traces == [(4, 3)]  # one trace, of one block
+    np.testing.assert_array_equal(direct, jnp.sin(states[0]) * 2.0)
+    monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+    switched = jax.jit(lambda s, c: batching.in_blocks(kernel, s, c, 4))(states, 2.0)[0]
+    assert sorted(traces) == [(4, 3), (4, 3), (10, 3)]  # both branches traced
+    np.testing.assert_array_equal(switched, direct)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.float64])
 def test_diagonal_top_eigenvalue_vs_eigvalsh(dtype):
