@@ -60,10 +60,12 @@ def in_blocks(batch_fn: Callable, states: tuple, context, block: int):
     rounding can depend on a column's place among the last, incomplete panel of a batch,
     give the same bits whatever `N` (with `block` a multiple of the kernels' panel width).
 
-    In a process whose only platform is the CPU the blocks are taken directly; elsewhere
-    `jax.lax.platform_dependent` picks them when the program is lowered for a CPU, at the cost
-    of tracing and lowering `batch_fn` twice (once per branch: about 2 s per recorded Lanczos
-    program).
+    Where the default platform is the CPU (a machine without an accelerator, or JAX told to
+    use the CPU) the blocks are taken directly; elsewhere `jax.lax.platform_dependent` picks
+    them when the program is lowered for a CPU, at the cost of tracing and lowering `batch_fn`
+    twice (once per branch: about 2 s per recorded Lanczos program). Either way the numbers
+    are right on any device; only the blocking of a program sent to an accelerator from a
+    CPU-default process is not needed there.
     """
     n = states[0].shape[0]
     blocks = -(-n // block)
@@ -80,7 +82,7 @@ def in_blocks(batch_fn: Callable, states: tuple, context, block: int):
             out = jax.lax.map(lambda part: batch_fn(part, context), parts)
         return jax.tree.map(lambda x: x.reshape((blocks * block,) + x.shape[2:])[:n], out)
 
-    if jax.default_backend() == "cpu":  # no other platform to lower for
+    if jax.default_backend() == "cpu":
         return blocked(states, context)
     return jax.lax.platform_dependent(states, context, cpu=blocked, default=batch_fn)
 
