@@ -36,9 +36,7 @@ jax.config.update("jax_enable_x64", True)
 jax.config.update("jax_numpy_rank_promotion", "raise")
 
 
-# A test process drops its compiled programs (they stay in the persistent cache) once it holds
-# more than this many bytes at the end of a module: dropping them after every module cost each
-# later module the reloading (a trace and a lowering per program, for the small ones too).
+# see the module docstring: the memory above which a module's end drops the compiled programs
 RELEASE_ABOVE_BYTES = int(float(os.environ.get("NOISYDLN_TEST_RELEASE_ABOVE_MB", "800")) * 2**20)
 
 
