@@ -7,8 +7,8 @@ nothing stale is served; set JAX_COMPILATION_CACHE_DIR to choose the folder), an
 process drops its compiled programs at the end of a module once it holds more than 800 MB, so
 its memory does not grow with the number of modules it has run (dropping them after every
 module made each later module load its small programs again: 626 s of CPU for a cold run
-against 575 s). Each test process has one CPU device (pytest-xdist runs one
-worker per core); tests of several devices start their own processes.
+against 575 s). Each test process has one CPU device and, under pytest-xdist (one worker per
+core), its own core; tests of several devices start their own processes.
 """
 
 import gc
@@ -27,6 +27,28 @@ os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 # one CPU device per test process: pytest-xdist already runs a worker per core (tests of
 # several devices start processes with XLA_FLAGS, tests/test_runtime_devices.py the default)
 os.environ.setdefault("NOISYDLN_CPU_DEVICES", "1")
+
+
+def _cores_of_this_worker() -> None:
+    """Gives each pytest-xdist worker its own share of the run's cores (where the OS allows it).
+
+    XLA compiles on threads as many as the process's cores. With two workers on two cores both
+    sets contend for both cores: nine chunk programs took 10.5 s of CPU to compile on two cores
+    against 8.5 s on one, and eleven compile-heavy modules, cold, 8 % less CPU and 6 % less
+    time with one core per worker (four alternating pairs). Tests whose processes need the
+    run's cores (their number, or two processes that wait on each other) use `every_core`.
+    """
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "")
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if not worker.startswith("gw") or workers < 2 or not hasattr(os, "sched_setaffinity"):
+        return
+    cores = sorted(RUN_CORES)
+    if len(cores) >= workers:
+        os.sched_setaffinity(0, cores[int(worker[2:]) % workers :: workers])
+
+
+RUN_CORES = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else None
+_cores_of_this_worker()  # before JAX starts its threads: they inherit this thread's cores
 
 import jax  # noqa: E402 (after the cache settings it reads)
 import jax.numpy as jnp  # noqa: E402
@@ -60,6 +82,20 @@ def _release_compiled_programs():
         gc.collect()
 
 
+@pytest.fixture(scope="module")
+def every_core():
+    """The module runs on all the run's cores, not only its worker's share, and so do the
+    processes it starts (they inherit them): for tests of the default device count, and of
+    processes that wait on each other."""
+    if RUN_CORES is None:
+        yield
+        return
+    own = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, RUN_CORES)
+    yield
+    os.sched_setaffinity(0, own)
+
+
 @pytest.fixture
 def key():
     """The one root key of the test suite; tests split it, never search for a passing seed."""
@@ -91,22 +127,31 @@ def xla_chunk_bytes():
     return _xla_chunk_bytes
 
 
-# Longest modules first, so that pytest-xdist (`--dist loadfile` hands out whole modules in
-# collection order) does not leave one worker alone with a long module at the end. The order is
-# from measured durations (`--durations`); a module not listed runs after these, in file order.
+# Longest modules first, so that pytest-xdist (`--dist loadfile --no-loadscope-reorder` hands
+# out whole modules in collection order; without the second flag it would hand them out by
+# number of tests) does not leave one worker alone with a long module at the end. The order is
+# from measured durations of a cold run (`--durations=0`, summed per module); a module not
+# listed runs after these, in file order.
 LONGEST_FIRST = (
-    "test_notebooks_run.py",
-    "test_checkpoint_vs_uninterrupted_run.py",
-    "test_distributed_vs_one_process.py",
+    "test_eigen_vs_eigvalsh.py",
     "test_checks_vs_realistic_errors.py",
-    "test_stats_vs_closed_forms.py",
-    "test_grid_vs_per_seed_reference.py",
-    "test_grid_invariance.py",
-    "test_results_vs_run_grid.py",
-    "test_theory_vs_quadrature.py",
+    "test_checkpoint_vs_uninterrupted_run.py",
+    "test_closed_forms_vs_solvers.py",
+    "test_dense_grid_invariance.py",
+    "test_dense_vs_autodiff.py",
     "test_readme_runs.py",
-    "test_cli_run_and_demo.py",
+    "test_new_rules_vs_numpy.py",
+    "test_limits_vs_gradient_descent.py",
+    "test_bad_input_properties.py",
+    "test_results_vs_run_grid.py",
+    "test_model_vs_autodiff.py",
+    "test_theory_vs_quadrature.py",
     "test_plan_vs_xla_memory.py",
+    "test_distributed_vs_one_process.py",
+    "test_grid_invariance.py",
+    "test_algorithms_vs_formulas.py",
+    "test_cli_run_and_demo.py",
+    "test_notebooks_run.py",
 )
 
 

@@ -18,6 +18,9 @@ import pytest
 
 from noisydln import cli, results
 
+# two processes that wait on each other, and one with four devices: all the run's cores
+pytestmark = pytest.mark.usefixtures("every_core")
+
 SPEC = """\
 name = "distributed"
 

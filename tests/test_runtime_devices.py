@@ -10,6 +10,9 @@ import pytest
 
 from noisydln import runtime
 
+# the default device count is one per core of the process: all the run's cores (conftest)
+pytestmark = pytest.mark.usefixtures("every_core")
+
 
 def _devices_after_import(code_before: str = "", **env) -> str:
     environment = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS",)}
