@@ -28,15 +28,19 @@ os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 # several devices start processes with XLA_FLAGS, tests/test_runtime_devices.py the default)
 os.environ.setdefault("NOISYDLN_CPU_DEVICES", "1")
 
+# the cores the whole run may use (None where the OS does not say)
+RUN_CORES = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else None
+
 
 def _cores_of_this_worker() -> None:
     """Gives each pytest-xdist worker its own share of the run's cores (where the OS allows it).
 
     XLA compiles on threads as many as the process's cores. With two workers on two cores both
     sets contend for both cores: nine chunk programs took 10.5 s of CPU to compile on two cores
-    against 8.5 s on one, and eleven compile-heavy modules, cold, 8 % less CPU and 6 % less
-    time with one core per worker (four alternating pairs). Tests whose processes need the
-    run's cores (their number, or two processes that wait on each other) use `every_core`.
+    against 8.5 s on one; ten or eleven compile-heavy modules, cold, took 8 to 12 % less CPU
+    and 2 to 7 % less time with one core per worker (four alternating pairs). Tests whose
+    processes need the run's cores (their number, or two processes that wait on each other)
+    use `every_core`.
     """
     worker = os.environ.get("PYTEST_XDIST_WORKER", "")
     workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
@@ -47,7 +51,6 @@ def _cores_of_this_worker() -> None:
         os.sched_setaffinity(0, cores[int(worker[2:]) % workers :: workers])
 
 
-RUN_CORES = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else None
 _cores_of_this_worker()  # before JAX starts its threads: they inherit this thread's cores
 
 import jax  # noqa: E402 (after the cache settings it reads)
