@@ -14,7 +14,6 @@ import functools
 import math
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from noisydln import _checks
@@ -62,4 +61,4 @@ def standard_normal(key: jax.Array, shape: tuple[int, ...], dtype) -> jax.Array:
     if not _prefix_stable(key) or size == 0:
         return jax.random.normal(key, shape, dtype)
     flat = np.asarray(_flat_normal(key, padded_size(size), np.dtype(dtype)))
-    return jnp.asarray(flat[:size].reshape(shape))
+    return jax.device_put(flat[:size].reshape(shape))

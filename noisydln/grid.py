@@ -194,14 +194,14 @@ def _set_up(problem, config, sigmas, etas, init_scales) -> _Grid:
     cell_sigma, cell_eta, cell_scale = (
         np.asarray(a.reshape(-1), dtype) for a in np.meshgrid(*axes, indexing="ij")
     )
-    hyper = algorithms.Hyper(sigma=jnp.asarray(cell_sigma), eta=jnp.asarray(cell_eta))
+    hyper = algorithms.Hyper(sigma=jax.device_put(cell_sigma), eta=jax.device_put(cell_eta))
     one = algorithms.Hyper(cell_sigma[0], cell_eta[0])
     record = functools.partial(config.family().record, quantities=config.quantities)
     like = jax.eval_shape(lambda p: record(p, problem, one, next_params=p)[0], base)
     state = jax.eval_shape(config.init_state, base)
     state_elements = sum(math.prod(x.shape) for x in jax.tree.leaves(state))
     params0 = jax.tree.map(
-        lambda w: jnp.asarray(cell_scale.reshape((-1,) + (1,) * w.ndim) * np.asarray(w)[None]),
+        lambda w: jax.device_put(cell_scale.reshape((-1,) + (1,) * w.ndim) * np.asarray(w)[None]),
         base,
     )
     return _Grid(axes, hyper, params0, like, state_elements)

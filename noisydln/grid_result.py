@@ -4,7 +4,6 @@ import warnings
 from typing import NamedTuple
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from noisydln import moments
@@ -65,7 +64,7 @@ def assemble(total, kept, config, grid_shape, axes, num_seeds) -> GridResult:
         k: np.broadcast_to(count_grid.reshape(count_grid.shape + (1,) * (v.ndim - 4)), v.shape)
         for k, v in mean.items()
     }
-    mean, var, count = ({k: jnp.asarray(v) for k, v in d.items()} for d in (mean, var, count))
+    mean, var, count = ({k: jax.device_put(v) for k, v in d.items()} for d in (mean, var, count))
     diverged = (num_seeds - count_grid[..., -1]).astype(int)
     if diverged.any():
         cells = [tuple(int(i) for i in idx) for idx in zip(*np.nonzero(diverged), strict=True)]
@@ -82,7 +81,7 @@ def assemble(total, kept, config, grid_shape, axes, num_seeds) -> GridResult:
         for k in kept[0]:
             values = np.concatenate([chunk[k] for chunk in kept], axis=1)[:, :num_seeds]
             values = np.moveaxis(values, (2, 1), (0, 1))  # [C, seeds, R, ...]
-            trajectories[k] = jnp.asarray(values.reshape(grid_shape + values.shape[1:]))
+            trajectories[k] = jax.device_put(values.reshape(grid_shape + values.shape[1:]))
     return GridResult(
         steps=config.record_steps(),
         mean=mean,

@@ -37,10 +37,11 @@ def _expand(count: jax.Array, like: jax.Array) -> jax.Array:
 def empty(like: dict, batch_shape: tuple[int, ...]) -> Moments:
     """Moments of no sample, for values shaped like `like[name]: [*batch, *shape]` (arrays or
     `jax.ShapeDtypeStruct`s). Zeros made on the host and put on the device: nothing compiles
-    (`jnp.zeros` would compile a program per shape outside `jit`)."""
+    (`jnp.zeros`, or `jnp.asarray` of a NumPy array, would compile a program per shape
+    outside `jit`)."""
 
     def zeros(shape, dtype):
-        return jnp.asarray(np.zeros(shape, dtype))
+        return jax.device_put(np.zeros(shape, dtype))
 
     dtype = next(iter(like.values())).dtype
     return Moments(

@@ -116,7 +116,7 @@ def problem_from_data(
     _checks.check_finite("X", X)
     _checks.check_finite("y", y)
     if beta_star is None:
-        beta_star = jnp.asarray(np.full((d,), np.nan, dtype))
+        beta_star = jax.device_put(np.full((d,), np.nan, dtype))
     else:
         beta_star = _checks.real_array("beta_star", beta_star, dtype)
         _checks.check_finite("beta_star", beta_star)
@@ -145,8 +145,8 @@ def _statistics(X: jax.Array, y: jax.Array) -> tuple[jax.Array, jax.Array, jax.A
 
 def no_test_data(dtype) -> dict:
     """The held-out fields of a problem without held-out data: empty arrays of `dtype`."""
-    empty = jnp.asarray(np.zeros((0,), dtype))
-    empty_matrix = jnp.asarray(np.zeros((0, 0), dtype))
+    empty = jax.device_put(np.zeros((0,), dtype))
+    empty_matrix = jax.device_put(np.zeros((0, 0), dtype))
     return {"test_gram": empty_matrix, "test_xty": empty, "test_yty": empty}
 
 
@@ -297,7 +297,7 @@ def _label_noise(key: jax.Array, noise_std: jax.Array, n: int, dtype) -> jax.Arr
     """`noise_std * eps`, `eps ~ N(0, I_n)`; zeros, drawn without compiling a sampler, when
     `noise_std` is a known 0."""
     if not _checks.is_traced(noise_std) and float(noise_std) == 0.0:
-        return jnp.asarray(np.zeros((n,), dtype))
+        return jax.device_put(np.zeros((n,), dtype))
     return _scaled(noise_std, _draws.standard_normal(key, (n,), dtype))
 
 
@@ -408,7 +408,7 @@ def make_problem(
     _checks.check_nonnegative("noise_std", noise_std)
     _checks.check_scalar("noise_std", noise_std)
     if not _checks.is_traced(noise_std):  # (a Python int beyond int64 cannot meet an array)
-        noise_std = jnp.asarray(np.asarray(float(noise_std), dtype))
+        noise_std = jax.device_put(np.asarray(float(noise_std), dtype))
     key_design, key_teacher, key_noise = jax.random.split(key, 3)
     X = make_design(key_design, n, d, design, diag, dtype)
     if beta_star is not None:

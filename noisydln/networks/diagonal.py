@@ -99,7 +99,7 @@ class Diagonal(Network):
             base = jnp.asarray(init, dtype)
             _checks.check_shape("init", base, (depth, d), "[depth, d]")
             return base, 1.0
-        return jnp.asarray(np.ones((depth, d), dtype)), float(init)
+        return jax.device_put(np.ones((depth, d), dtype)), float(init)
 
     def num_params(self, depth: int, d: int) -> int:
         return depth * d
