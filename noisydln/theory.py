@@ -4,6 +4,10 @@ Each function cites the docs/theory.md section it implements; conventions are th
 loss `(1/n) ||y - X beta||^2`, independent `N(0, sigma^2)` noise on every layer and coordinate,
 gradient evaluated at the perturbed weights. Functions act on one parameter array
 `params: [depth, d]`; batch with `jax.vmap` (over seeds, sigmas or step sizes alike).
+
+The functions of parameters check their arguments, then run as one compiled program per shape
+and dtype (as `noisydln.loss` does), so that a first call outside `jit` compiles one program
+rather than one per operation.
 """
 
 import functools
@@ -68,8 +72,11 @@ def _check_sigma(sigma, name: str = "sigma"):
 
 def average_sharpness(params: jax.Array, problem: Problem, sigma: ArrayLike) -> jax.Array:
     """`S(W) = L_R(W) - L(W) = sum_i D_i [prod_l (w_li^2 + sigma^2) - prod_l w_li^2]` (s2), scalar."""
-    params = _check_params(params, problem)
-    sigma = _check_sigma(sigma)
+    return _average_sharpness(_check_params(params, problem), problem, _check_sigma(sigma))
+
+
+@jax.jit
+def _average_sharpness(params: jax.Array, problem: Problem, sigma) -> jax.Array:
     squares = params**2
     gap = jnp.prod(squares + sigma**2, axis=0) - jnp.prod(squares, axis=0)
     return pairwise_sum(problem.gram_diag * gap)  # the same bits whatever the batch
@@ -85,9 +92,12 @@ def expected_loss(params: jax.Array, problem: Problem, sigma: ArrayLike) -> jax.
       >>> float(noisydln.theory.expected_loss(params, problem, 0.5) - noisydln.loss(params, problem))
       0.25
     """
-    params = _check_params(params, problem)
-    sigma = _check_sigma(sigma)
-    return loss(params, problem) + average_sharpness(params, problem, sigma)
+    return _expected_loss(_check_params(params, problem), problem, _check_sigma(sigma))
+
+
+@jax.jit
+def _expected_loss(params: jax.Array, problem: Problem, sigma) -> jax.Array:
+    return loss(params, problem) + _average_sharpness(params, problem, sigma)
 
 
 def expected_grad(params: jax.Array, problem: Problem, sigma: ArrayLike) -> jax.Array:
@@ -95,8 +105,11 @@ def expected_grad(params: jax.Array, problem: Problem, sigma: ArrayLike) -> jax.
 
     `dL_R/dw_li = -r_i prod_{k!=l} w_ki + 2 D_i w_li [prod_{k!=l}(w_ki^2 + sigma^2) - prod_{k!=l} w_ki^2]`.
     """
-    params = _check_params(params, problem)
-    sigma = _check_sigma(sigma)
+    return _expected_grad(_check_params(params, problem), problem, _check_sigma(sigma))
+
+
+@jax.jit
+def _expected_grad(params: jax.Array, problem: Problem, sigma) -> jax.Array:
     r = residual(end_to_end(params), problem)
     squares = params**2
     penalty = products_except_one(squares + sigma**2) - products_except_one(squares)
@@ -110,7 +123,11 @@ def balanced(params: jax.Array) -> jax.Array:
     Every layer gets magnitude `|beta_i|^(1/L)` and keeps its own sign, so the product (and the
     sign pattern of the layers) is unchanged.
     """
-    params = _check_params(params)
+    return _balanced(_check_params(params))
+
+
+@jax.jit
+def _balanced(params: jax.Array) -> jax.Array:
     magnitude = jnp.abs(end_to_end(params)) ** (1.0 / params.shape[0])
     return jnp.sign(params) * magnitude[None, :]
 
@@ -120,8 +137,11 @@ def min_average_sharpness(
 ) -> jax.Array:
     """`min S` over factorisations of `beta`: `sum_i D_i [(|b_i|^(2/L) + s^2)^L - b_i^2]` (s2)."""
     depth = _checks.check_depth(depth)
-    beta = _check_beta(beta, problem)
-    sigma = _check_sigma(sigma)
+    return _min_average_sharpness(_check_beta(beta, problem), problem, _check_sigma(sigma), depth)
+
+
+@functools.partial(jax.jit, static_argnames="depth")
+def _min_average_sharpness(beta: jax.Array, problem: Problem, sigma, depth: int) -> jax.Array:
     balanced_square = jnp.abs(beta) ** (2.0 / depth)
     return problem.gram_diag @ ((balanced_square + sigma**2) ** depth - beta**2)
 
@@ -140,7 +160,11 @@ def min_hessian_trace(beta: jax.Array, problem: Problem, depth: int) -> jax.Arra
     The Hessian trace does not depend on sigma, so neither does its minimum.
     """
     depth = _checks.check_depth(depth)
-    beta = _check_beta(beta, problem)
+    return _min_hessian_trace(_check_beta(beta, problem), problem, depth)
+
+
+@functools.partial(jax.jit, static_argnames="depth")
+def _min_hessian_trace(beta: jax.Array, problem: Problem, depth: int) -> jax.Array:
     return 2 * depth * problem.gram_diag @ (jnp.abs(beta) ** (2.0 * (depth - 1) / depth))
 
 
@@ -173,8 +197,11 @@ def imbalance_after_gd(
       `out[l, m, i] = (w_li^+)^2 - (w_mi^+)^2`, `[depth, depth, d]`.
     """
     params = _check_params(params, problem)
-    sigma = _check_sigma(sigma)
-    eta = _check_sigma(eta, "eta")
+    return _imbalance_after_gd(params, problem, _check_sigma(sigma), _check_sigma(eta, "eta"))
+
+
+@jax.jit
+def _imbalance_after_gd(params: jax.Array, problem: Problem, sigma, eta) -> jax.Array:
     beta = end_to_end(params)
     r = residual(beta, problem)[None, :]
     squares = params**2
@@ -204,8 +231,11 @@ def imbalance_factor(
         raise ValueError(
             f"imbalance_factor is the depth-2 formula; params has depth {params.shape[0]}"
         )
-    sigma = _check_sigma(sigma)
-    eta = _check_sigma(eta, "eta")
+    return _imbalance_factor(params, problem, _check_sigma(sigma), _check_sigma(eta, "eta"))
+
+
+@jax.jit
+def _imbalance_factor(params: jax.Array, problem: Problem, sigma, eta) -> jax.Array:
     s2 = sigma**2
     diag = problem.gram_diag
     r = residual(end_to_end(params), problem)
