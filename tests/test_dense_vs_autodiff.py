@@ -40,12 +40,14 @@ def numpy_problem(rng, n, d, noise_std=0.3):
     y = X @ beta_star + noise_std * rng.standard_normal(n)
     gram = X.T @ X / n
     arrays = (X, y, beta_star, (gram + gram.T) / 2, X.T @ y / n, np.asarray(y @ y / n))
-    return Problem(*(jnp.asarray(a) for a in arrays))
+    return Problem(*(jax.device_put(a) for a in arrays))  # (jnp.asarray compiles per shape)
 
 
 def numpy_params(rng, d, widths, scale):
     """`scale` times standard normal entries, shaped like `dense.init_params(_, d, widths)`."""
-    return tuple(jnp.asarray(scale * rng.standard_normal(s)) for s in dense.layer_shapes(d, widths))
+    return tuple(
+        jax.device_put(scale * rng.standard_normal(s)) for s in dense.layer_shapes(d, widths)
+    )
 
 
 def make_case(key, depth, d=D, scale=0.7):
@@ -108,9 +110,10 @@ def assert_tree_close(actual, expected, rtol, atol=0.0):
 
 def max_relative_error(actual, expected):
     """`max |a - e| / max |e|` over all leaves of two equal pytrees."""
-    pairs = list(zip(jax.tree.leaves(actual), jax.tree.leaves(expected), strict=True))
-    diff = max(float(jnp.max(jnp.abs(a - e))) for a, e in pairs)
-    return diff / max(float(jnp.max(jnp.abs(e))) for _, e in pairs)
+    leaves = (map(np.asarray, jax.tree.leaves(tree)) for tree in (actual, expected))
+    pairs = list(zip(*leaves, strict=True))
+    diff = max(float(np.max(np.abs(a - e))) for a, e in pairs)
+    return diff / max(float(np.max(np.abs(e))) for _, e in pairs)
 
 
 def to_float32(tree):
