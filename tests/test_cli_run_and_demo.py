@@ -154,12 +154,12 @@ def test_bad_inputs_as_subprocesses(tiny, tmp_path, bad_spec):
     spec_path, _, _ = tiny
     taken = tmp_path / "taken.nc"
     taken.write_text("keep me")
+    # a spec's value, an existing output, an option's value: the other cases of
+    # test_bad_inputs_in_process take the same path through `main`
     cases = {
         "grid.sigmas[2]": ["run", str(bad_spec)],
-        "does not exist": ["run", str(tmp_path / "missing.toml")],
         "--overwrite": ["run", str(spec_path), "-o", str(taken)],
         "--seeds": ["validate", "--seeds", "-5"],
-        "--sigmas": ["predict", "--sigmas", "0.1,,0.2"],
     }
     running = {
         fragment: subprocess.Popen(

@@ -140,10 +140,15 @@ def make_setup(key, dtype, sigma=SIGMA):
     return problem, params, hyper, key_run
 
 
+# traced bounds: one program (a while loop) for any number of steps of a rule and dtype, which
+# the second call loads from the compilation cache (the rule is a new object at every call)
+advance_compiled = jax.jit(advance, static_argnums=0)
+
+
 def engine_run(name, key, params, problem, hyper, num_steps, **options):
     rule = algorithms.get_rule(name, **options)
     state = algorithms.init_state(params, options.get("momentum", 0.0), algorithm=name)
-    return advance(rule, key, state, problem, hyper, 0, num_steps)
+    return advance_compiled(rule, key, state, problem, hyper, 0, num_steps)
 
 
 def scaled_error(actual, expected):
